@@ -1,0 +1,1 @@
+"""Melee world models: Slippi replays -> encoded store -> Mamba-2 world model."""
