@@ -195,4 +195,3 @@ class Layout:
 
     def player_float_index(self, player: int, field: str) -> int:
         return self.float_index(f"p{player}.{field}")
-

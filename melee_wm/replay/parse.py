@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 import peppi_py
+import pyarrow as pa
 
 NUM_PLAYERS = 2
 AIRBORNE_GROUND = 65535  # `post.ground` value peppi reports when a player stands on nothing
