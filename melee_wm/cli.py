@@ -1,0 +1,137 @@
+"""`melee-wm`: fetch the sample replays, encode replays into a store, inspect a store, run the demo."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from rich.console import Console
+
+from melee_wm.data.store import StoreConfigError, StoreError, StoreFilters, build_store, open_store, print_summary
+from melee_wm.encoding.config import EncodingConfig
+from melee_wm.samples import SampleReplaysError, fetch_samples, sample_dir
+
+DEMO_STORE = Path("runs/demo/store")
+
+
+class CLIError(Exception):
+    """An error reported as one line on stderr with a non-zero exit code."""
+
+
+def load_encoding_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> EncodingConfig:
+    """EncodingConfig from the dataclass defaults, a YAML file merged on top, then `key=value` overrides.
+
+    The dataclass is the schema: an unknown key or a value of the wrong type is an error naming it.
+    """
+    layers = [OmegaConf.structured(EncodingConfig)]
+    source = "defaults"
+    try:
+        if path is not None:
+            source = str(path)
+            if not Path(path).is_file():
+                raise CLIError(f"encoding config not found: {path}")
+            layers.append(OmegaConf.load(path))
+        if overrides:
+            source = f"--set {' '.join(overrides)}"
+            layers.append(OmegaConf.from_dotlist(list(overrides)))
+        return OmegaConf.to_object(OmegaConf.merge(*layers))
+    except (OmegaConfBaseException, ValueError) as err:
+        raise CLIError(f"invalid encoding config ({source}): {err}") from None
+
+
+def _cmd_samples(args: argparse.Namespace, console: Console) -> None:
+    folder = fetch_samples(Path(args.dest)) if args.dest else sample_dir(fetch=True)
+    console.print(str(folder), soft_wrap=True)
+
+
+def _cmd_encode(args: argparse.Namespace, console: Console) -> None:
+    cfg = load_encoding_config(args.encoding, args.set)
+    filters = StoreFilters(
+        stages=args.stages,
+        characters=args.characters,
+        end_methods=args.end_methods,
+        min_frames=args.min_frames,
+        allow_cpu=not args.no_cpu,
+    )
+    build_store(
+        args.replays,
+        args.out,
+        cfg,
+        filters,
+        workers=args.workers,
+        shard_frames=args.shard_frames,
+        overwrite=args.overwrite,
+        dedupe=not args.no_dedupe,
+        progress=True,
+    )
+
+
+def _cmd_info(args: argparse.Namespace, console: Console) -> None:
+    store = open_store(args.store)
+    console.print(f"store {store.path}", soft_wrap=True)
+    print_summary(store.manifest, console, details=True)
+
+
+def _cmd_demo(args: argparse.Namespace, console: Console) -> None:
+    replays = sample_dir(fetch=True)
+    console.print(f"sample replays: {replays}", soft_wrap=True)
+    build_store([replays], args.out, EncodingConfig(), workers=args.workers, progress=True)
+    console.print(f"store written to {args.out}", soft_wrap=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="melee-wm", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    samples = sub.add_parser("samples", help="fetch (or verify) the six sample replays and print their folder")
+    samples.add_argument("--dest", help="folder to fetch into (default: $MELEE_WM_SAMPLES or the user cache)")
+    samples.set_defaults(func=_cmd_samples)
+
+    encode = sub.add_parser("encode", help="encode replay files/folders into a sharded store")
+    encode.add_argument("replays", nargs="+", help="replay files and folders (searched recursively for *.slp)")
+    encode.add_argument("--out", required=True, help="store folder")
+    encode.add_argument("--stages", type=int, nargs="+", help="keep only these stage ids (FD 32, BF 31)")
+    encode.add_argument("--characters", type=int, nargs="+", help="keep games whose both characters are in these")
+    encode.add_argument("--end-methods", type=int, nargs="+", help="keep only these game end methods")
+    encode.add_argument("--min-frames", type=int, default=0, help="drop games shorter than this")
+    encode.add_argument("--no-cpu", action="store_true", help="drop games with a CPU player")
+    encode.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 1) - 1))
+    encode.add_argument("--shard-frames", type=int, default=1_000_000, help="frames per shard (bounds memory)")
+    encode.add_argument("--overwrite", action="store_true", help="replace an existing store")
+    encode.add_argument("--no-dedupe", action="store_true", help="store files with identical bytes again")
+    encode.add_argument("--encoding", help="EncodingConfig YAML (default: the schema defaults, as default.yaml)")
+    encode.add_argument(
+        "--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE", help="EncodingConfig overrides"
+    )
+    encode.set_defaults(func=_cmd_encode)
+
+    info = sub.add_parser("info", help="print a store's summary and column statistics")
+    info.add_argument("store")
+    info.set_defaults(func=_cmd_info)
+
+    demo = sub.add_parser("demo", help="sample replays -> store -> summary")
+    demo.add_argument("--out", default=str(DEMO_STORE), help=f"store folder (default {DEMO_STORE})")
+    demo.add_argument("--workers", type=int, default=1)
+    demo.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `melee-wm` console script; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    console = Console()
+    try:
+        args.func(args, console)
+    except (CLIError, FileNotFoundError, StoreConfigError, StoreError, SampleReplaysError) as err:
+        print(f"melee-wm {args.command}: error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

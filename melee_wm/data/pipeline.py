@@ -1,0 +1,176 @@
+"""The per-file half of store building: find replay files, then md5 -> parse -> filter -> encode one of them.
+
+`FileProcessor` is what each worker process runs (one file per task); the store writer in
+`melee_wm.data.store` only collects its results, so nothing here touches the store on disk.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from melee_wm.encoding.config import EncodingConfig
+from melee_wm.encoding.encoder import encode_game
+from melee_wm.encoding.layout import Layout
+from melee_wm.replay.parse import GameMeta, ReplayError, file_md5, parse_replay
+
+REPLAY_SUFFIX = ".slp"
+
+
+@dataclass
+class StoreFilters:
+    """Which games `build_store` keeps; recorded in the manifest. Character ids are external (CSS) ids."""
+
+    stages: list[int] | None = None  # Slippi stage ids; None = all
+    characters: list[int] | None = None  # both players must be in the set
+    end_methods: list[int] | None = None
+    min_frames: int = 0
+    allow_cpu: bool = True
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def reason(self, meta: GameMeta) -> str | None:
+        """Why `meta`'s game is filtered out (naming the filter and the value), or None when it is kept."""
+        if self.stages is not None and meta.stage not in self.stages:
+            return f"filtered: stage {meta.stage} not in stages {sorted(self.stages)}"
+        if self.characters is not None and not all(c in self.characters for c in meta.characters):
+            return f"filtered: characters {list(meta.characters)} not all in characters {sorted(self.characters)}"
+        if self.end_methods is not None and meta.end_method not in self.end_methods:
+            return f"filtered: end_method {meta.end_method} not in end_methods {sorted(self.end_methods)}"
+        if meta.num_frames < self.min_frames:
+            return f"filtered: {meta.num_frames} frames < min_frames {self.min_frames}"
+        if not self.allow_cpu and any(meta.cpu_players):
+            return f"filtered: CPU player in ports {list(meta.cpu_players)} (allow_cpu is false)"
+        return None
+
+
+@dataclass
+class EncodedFile:
+    """A kept game: its manifest row (without store position), floats (T, F) float32, ints (T, I) int16."""
+
+    path: str
+    md5: str
+    row: dict
+    floats: np.ndarray
+    ints: np.ndarray
+    nonfinite: dict[str, int] = field(default_factory=dict)
+    clamped: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class SkippedFile:
+    """A file that is not stored, with the reason (peppi's error, the filter that dropped it, ...)."""
+
+    path: str
+    md5: str | None
+    reason: str
+
+
+@dataclass
+class KnownFile:
+    """A file whose md5 the store already holds (stored earlier, or a duplicate when deduplicating)."""
+
+    path: str
+    md5: str
+
+
+FileResult = EncodedFile | SkippedFile | KnownFile
+
+
+def find_replays(paths: Sequence[str | Path]) -> list[Path]:
+    """Absolute replay paths: files as given, folders searched recursively for `*.slp` (sorted).
+
+    Raises FileNotFoundError naming every path that does not exist, before anything is read. A file reached
+    twice is listed once.
+    """
+    missing = [str(p) for p in paths if not Path(p).exists()]
+    if missing:
+        raise FileNotFoundError("replay path not found: " + ", ".join(missing))
+    found: dict[Path, None] = {}
+    for p in paths:
+        p = Path(p).resolve()
+        if p.is_dir():
+            found.update((f, None) for f in sorted(p.rglob(f"*{REPLAY_SUFFIX}")) if f.is_file())
+        else:
+            found[p] = None
+    return list(found)
+
+
+def game_row(meta: GameMeta) -> dict:
+    """The manifest row of a game (no player names or codes exist in `GameMeta`)."""
+    return {
+        "md5": meta.md5,
+        "path": meta.path,
+        "length": meta.num_frames,
+        "stage": meta.stage,
+        "characters": list(meta.characters),
+        "ports": list(meta.ports),
+        "cpu_players": list(meta.cpu_players),
+        "end_method": meta.end_method,
+        "is_pal": meta.is_pal,
+        "slippi_version": meta.slippi_version,
+        "first_frame": meta.first_frame,
+        "missing_fields": list(meta.missing_fields),
+    }
+
+
+class FileProcessor:
+    """md5 -> (known?) -> parse -> filter -> encode for one file; picklable, so it can ship to workers.
+
+    known: md5 -> paths of games already in the store. A file whose md5 is known is not parsed again when
+    deduplicating, or when it is the same path (without dedupe, a copy under another name is a new game).
+    """
+
+    def __init__(self, cfg: EncodingConfig, filters: StoreFilters, known: dict[str, set[str]], dedupe: bool) -> None:
+        self.cfg = cfg
+        self.layout = Layout(cfg)
+        self.filters = filters
+        self.known = known
+        self.dedupe = dedupe
+
+    def __call__(self, path: str) -> FileResult:
+        try:
+            md5 = file_md5(path)
+        except OSError as err:
+            return SkippedFile(path, None, f"unreadable: {err.strerror or err}")
+        if md5 in self.known and (self.dedupe or path in self.known[md5]):
+            return KnownFile(path, md5)
+        try:
+            parsed = parse_replay(path, md5=md5)
+            reason = self.filters.reason(parsed.meta)
+            if reason is not None:
+                return SkippedFile(path, md5, reason)
+            encoded = encode_game(parsed, self.cfg, self.layout)
+        except ReplayError as err:
+            return SkippedFile(path, md5, err.reason)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as err:  # peppi's Rust panics derive from BaseException; one bad file never aborts
+            return SkippedFile(path, md5, f"failed: {type(err).__name__}: {err}")
+        return EncodedFile(
+            path=path,
+            md5=md5,
+            row=game_row(parsed.meta),
+            floats=encoded.floats,
+            ints=encoded.ints,
+            nonfinite=dict(encoded.stats.nonfinite),
+            clamped=dict(encoded.stats.clamped),
+        )
+
+
+_worker_processor: FileProcessor | None = None
+
+
+def init_worker(processor: FileProcessor) -> None:
+    """Pool initializer: keep the processor in the worker so each task ships only a path."""
+    global _worker_processor
+    _worker_processor = processor
+
+
+def process_in_worker(path: str) -> FileResult:
+    assert _worker_processor is not None, "init_worker was not called in this process"
+    return _worker_processor(path)

@@ -1,0 +1,567 @@
+"""The encoded store: `manifest.json` + shards of memory-mappable arrays, written streaming and resumably.
+
+Layout on disk: `STORE/manifest.json`, `STORE/shard_00000/{floats.npy, ints.npy, game_offsets.npy}`, ...
+A shard is written under a temporary name and renamed when complete; the manifest (rewritten atomically
+after each shard) lists only complete shards, and `open_store` reads only those. A rerun of the same build
+skips the games the manifest holds, so a killed run resumes where its last shard ended.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import multiprocessing
+import os
+import shutil
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from melee_wm.data.pipeline import (
+    EncodedFile,
+    FileProcessor,
+    FileResult,
+    KnownFile,
+    SkippedFile,
+    StoreFilters,
+    find_replays,
+    init_worker,
+    process_in_worker,
+)
+from melee_wm.encoding.config import ENCODER_VERSION, EncodingConfig, config_diff, format_config_diff
+from melee_wm.encoding.layout import Layout
+
+__all__ = [
+    "MANIFEST",
+    "STORE_FORMAT_VERSION",
+    "Shard",
+    "Store",
+    "StoreConfigError",
+    "StoreError",
+    "StoreFilters",
+    "build_store",
+    "open_store",
+    "print_summary",
+]
+
+STORE_FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+SHARD_PREFIX = "shard_"
+TMP_PREFIX = ".tmp_"  # shards being written, and the manifest while it is replaced
+LOCK_FILE = ".lock"
+FLOAT_DTYPE = np.dtype(np.float32)
+INT_DTYPE = np.dtype(np.int16)
+
+
+class StoreError(ValueError):
+    """A store on disk that is inconsistent, or a folder that is not a store."""
+
+
+class StoreConfigError(ValueError):
+    """A store encoded with a different EncodingConfig (or filters) than the one asked for."""
+
+
+@dataclass
+class Shard:
+    """floats: (frames, num_floats) float32 memmap; ints: (frames, num_ints) int16 memmap;
+    game_offsets: (games + 1,) int64, from 0 to frames."""
+
+    floats: np.ndarray
+    ints: np.ndarray
+    game_offsets: np.ndarray
+
+
+@dataclass
+class Store:
+    """An opened store. `games` are the manifest rows in store order (md5, shard, offset, length, ...)."""
+
+    path: Path
+    manifest: dict
+    config: EncodingConfig
+    layout: Layout
+    shards: list[Shard]
+    games: list[dict]
+
+    @property
+    def num_games(self) -> int:
+        return len(self.games)
+
+    @property
+    def num_frames(self) -> int:
+        return sum(len(s.floats) for s in self.shards)
+
+    def game(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """(floats (length, F), ints (length, I)) views of game `index` in store order."""
+        row = self.games[index]
+        shard = self.shards[row["shard"]]
+        rows = slice(row["offset"], row["offset"] + row["length"])
+        return shard.floats[rows], shard.ints[rows]
+
+
+class ColumnStats:
+    """Streaming float64 count / sum / sum of squares / min / max of each column."""
+
+    def __init__(self, num_columns: int) -> None:
+        self.count = 0
+        self.sum = np.zeros(num_columns)
+        self.sumsq = np.zeros(num_columns)
+        self.min = np.full(num_columns, np.inf)
+        self.max = np.full(num_columns, -np.inf)
+
+    def update(self, values: np.ndarray) -> None:
+        """values: (rows, num_columns)."""
+        if len(values) == 0:
+            return
+        self.count += len(values)
+        self.sum += values.sum(axis=0, dtype=np.float64)
+        self.sumsq += np.einsum("ij,ij->j", values, values, dtype=np.float64)
+        self.min = np.minimum(self.min, values.min(axis=0))
+        self.max = np.maximum(self.max, values.max(axis=0))
+
+    def to_dict(self, names: Sequence[str]) -> dict[str, dict[str, float | None]]:
+        if self.count == 0:
+            return {n: {"mean": None, "std": None, "min": None, "max": None} for n in names}
+        mean = self.sum / self.count
+        std = np.sqrt(np.maximum(self.sumsq / self.count - mean**2, 0.0))
+        return {
+            n: {"mean": float(mean[i]), "std": float(std[i]), "min": float(self.min[i]), "max": float(self.max[i])}
+            for i, n in enumerate(names)
+        }
+
+
+# ---------------------------------------------------------------------------------------------- reading
+
+
+def _read_manifest(path: Path) -> dict:
+    try:
+        return json.loads((path / MANIFEST).read_text())
+    except json.JSONDecodeError as err:
+        raise StoreError(f"{path / MANIFEST}: not valid JSON ({err})") from None
+
+
+def _load_shard(folder: Path, entry: dict, layout: Layout) -> Shard:
+    """Memory-map one shard and check its arrays against the manifest entry and the layout."""
+    try:
+        floats = np.load(folder / "floats.npy", mmap_mode="r")
+        ints = np.load(folder / "ints.npy", mmap_mode="r")
+        offsets = np.load(folder / "game_offsets.npy")
+    except (OSError, ValueError) as err:
+        raise StoreError(f"{folder}: unreadable shard ({err})") from None
+    frames, games = entry["frames"], entry["games"]
+    expected = {
+        "floats": ((frames, layout.num_floats), FLOAT_DTYPE, floats),
+        "ints": ((frames, layout.num_ints), INT_DTYPE, ints),
+        "game_offsets": ((games + 1,), np.dtype(np.int64), offsets),
+    }
+    for name, (shape, dtype, array) in expected.items():
+        if array.shape != shape or array.dtype != dtype:
+            raise StoreError(
+                f"{folder / name}.npy: shape {array.shape} {array.dtype}, manifest expects {shape} {dtype}"
+            )
+    if offsets[0] != 0 or offsets[-1] != frames or (np.diff(offsets) < 0).any():
+        raise StoreError(f"{folder}/game_offsets.npy: must rise from 0 to {frames}, got {offsets.tolist()[:8]}...")
+    return Shard(floats=floats, ints=ints, game_offsets=offsets)
+
+
+def _check_games(path: Path, manifest: dict, shards: list[Shard]) -> None:
+    """Every game row must match its shard's game_offsets, shard by shard, in order."""
+    by_shard: dict[int, list[dict]] = {}
+    for row in manifest["games"]:
+        by_shard.setdefault(row["shard"], []).append(row)
+    for index, shard in enumerate(shards):
+        rows = by_shard.pop(index, [])
+        starts = [r["offset"] for r in rows]
+        lengths = [r["length"] for r in rows]
+        if starts != shard.game_offsets[:-1].tolist() or lengths != np.diff(shard.game_offsets).tolist():
+            raise StoreError(f"{path / MANIFEST}: game rows of shard {index} disagree with its game_offsets.npy")
+    if by_shard:
+        raise StoreError(f"{path / MANIFEST}: game rows name shards {sorted(by_shard)} that are not listed")
+
+
+def _check_config(path: Path, manifest: dict, expected: EncodingConfig, hint: str = "") -> None:
+    diff = config_diff(expected, manifest["encoding_config"])
+    if diff:
+        raise StoreConfigError(
+            f"store {path} was encoded with a different EncodingConfig; differing fields:\n"
+            + format_config_diff(diff, "expected", "store")
+            + hint
+        )
+
+
+def open_store(path: str | Path, expected_config: EncodingConfig | None = None) -> Store:
+    """Open a complete store, memory-mapping its listed shards.
+
+    Raises FileNotFoundError naming the path when there is no complete manifest, StoreConfigError listing
+    the differing fields when `expected_config` differs from the store's, StoreError when arrays and
+    manifest disagree.
+    """
+    path = Path(path)
+    if not (path / MANIFEST).is_file():
+        raise FileNotFoundError(f"{path}: no {MANIFEST}, not an encoded store (build one with `melee-wm encode`)")
+    manifest = _read_manifest(path)
+    if not manifest.get("complete"):
+        raise FileNotFoundError(
+            f"{path}: the store is incomplete (its build was interrupted); rerun the same build to finish it"
+        )
+    if manifest.get("format_version") != STORE_FORMAT_VERSION:
+        raise StoreError(
+            f"{path / MANIFEST}: format_version {manifest.get('format_version')}, expected {STORE_FORMAT_VERSION}"
+        )
+    if expected_config is not None:
+        _check_config(path, manifest, expected_config)
+    config = EncodingConfig.from_dict(manifest["encoding_config"])
+    layout = Layout(config)
+    for kind, names in (("float_columns", layout.float_names), ("int_columns", layout.int_names)):
+        if manifest[kind] != names:
+            raise StoreError(f"{path / MANIFEST}: {kind} differ from the layout of its own encoding_config")
+    shards = [_load_shard(path / entry["name"], entry, layout) for entry in manifest["shards"]]
+    _check_games(path, manifest, shards)
+    return Store(path=path, manifest=manifest, config=config, layout=layout, shards=shards, games=manifest["games"])
+
+
+# ---------------------------------------------------------------------------------------------- writing
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _write_json_atomic(path: Path, data: dict) -> None:
+    """Write to a temporary file beside `path`, then rename over it (readers never see half a file).
+
+    Compact JSON: only the unindented form uses json's C encoder, which matters for large game lists."""
+    tmp = path.with_name(f"{TMP_PREFIX}{path.name}")
+    with open(tmp, "w") as f:
+        f.write(json.dumps(data, separators=(",", ":")))  # dumps, not dump: only dumps uses the C encoder
+    os.replace(tmp, path)
+
+
+def _write_npy(path: Path, dtype: np.dtype, columns: int, parts: list[np.ndarray]) -> None:
+    """Write the row-concatenation of `parts` as one .npy file without building it in memory."""
+    rows = sum(len(p) for p in parts)
+    header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": (rows, columns)}
+    with open(path, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, header)
+        for part in parts:
+            f.write(memoryview(np.ascontiguousarray(part, dtype=dtype)).cast("B"))
+
+
+def _shard_name(index: int) -> str:
+    return f"{SHARD_PREFIX}{index:05d}"
+
+
+def _is_store_entry(name: str) -> bool:
+    return name in (MANIFEST, LOCK_FILE) or name.startswith((SHARD_PREFIX, TMP_PREFIX))
+
+
+def _remove_unlisted(out: Path, listed: set[str]) -> None:
+    """Delete temporary files and shard folders the manifest does not list (left by a killed run)."""
+    for entry in out.iterdir():
+        if entry.name.startswith(TMP_PREFIX) or (entry.name.startswith(SHARD_PREFIX) and entry.name not in listed):
+            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+
+
+def _clear_store(out: Path) -> None:
+    """Remove a store: the manifest first (so nothing half-deleted is ever readable), then its shards."""
+    (out / MANIFEST).unlink(missing_ok=True)
+    _remove_unlisted(out, set())
+
+
+@contextmanager
+def _locked(out: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the store folder so two builds cannot write it at once."""
+    with open(out / LOCK_FILE, "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise StoreError(f"{out}: another build is writing this store") from None
+        yield
+
+
+class _Writer:
+    """Main-process side of a build: collects worker results, writes shards, keeps the manifest current."""
+
+    def __init__(self, out: Path, cfg: EncodingConfig, filters: StoreFilters, shard_frames: int, dedupe: bool):
+        self.out = out
+        self.cfg = cfg
+        self.layout = Layout(cfg)
+        self.filters = filters
+        self.shard_frames = shard_frames
+        self.dedupe = dedupe
+        self.created = _now()
+        self.games: list[dict] = []  # committed (listed in the manifest)
+        self.shards: list[dict] = []
+        self.skipped: dict[str, dict] = {}  # path -> {path, md5, reason}
+        self.duplicates: dict[str, dict] = {}  # path -> {path, md5}
+        self.nonfinite: Counter = Counter()
+        self.clamped: Counter = Counter()
+        self.float_stats = ColumnStats(self.layout.num_floats)
+        self.int_stats = ColumnStats(self.layout.num_ints)
+        self.pending: list[EncodedFile] = []
+        self.pending_frames = 0
+        self.stored: dict[str, set[str]] = {}  # md5 -> paths, committed and pending
+        self.added = Counter()  # what this run did: games, frames, skipped, duplicates
+
+    def resume(self, manifest: dict) -> None:
+        """Take over a previous build's committed state (its listed shards are re-read for the stats)."""
+        self.created = manifest.get("created", self.created)
+        self.games = list(manifest["games"])
+        self.shards = list(manifest["shards"])
+        self.skipped = {r["path"]: r for r in manifest["skipped"]}
+        self.duplicates = {r["path"]: r for r in manifest["duplicates"]}
+        self.nonfinite.update(manifest["repairs"]["nonfinite"])
+        self.clamped.update(manifest["repairs"]["clamped"])
+        for row in self.games:
+            self.stored.setdefault(row["md5"], set()).add(row["path"])
+        for entry in self.shards:
+            shard = _load_shard(self.out / entry["name"], entry, self.layout)
+            for start, end in zip(shard.game_offsets[:-1], shard.game_offsets[1:], strict=True):
+                self.float_stats.update(shard.floats[start:end])
+                self.int_stats.update(shard.ints[start:end])
+
+    def add(self, result: FileResult) -> None:
+        path = result.path
+        if isinstance(result, SkippedFile):
+            self.skipped[path] = {"path": path, "md5": result.md5, "reason": result.reason}
+            self.added["skipped"] += 1
+            return
+        self.skipped.pop(path, None)
+        known_paths = self.stored.get(result.md5, set())
+        if path in known_paths or path in self.duplicates:
+            return  # stored or counted by an earlier run
+        if isinstance(result, KnownFile) or (self.dedupe and known_paths):
+            self.duplicates[path] = {"path": path, "md5": result.md5}
+            self.added["duplicates"] += 1
+            return
+        self.stored.setdefault(result.md5, set()).add(path)
+        self.pending.append(result)
+        self.pending_frames += len(result.floats)
+        self.added["games"] += 1
+        self.added["frames"] += len(result.floats)
+        if self.pending_frames >= self.shard_frames:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the pending games as the next shard, rename it into place, then list it in the manifest."""
+        if not self.pending:
+            return
+        index = len(self.shards)
+        name = _shard_name(index)
+        tmp = self.out / f"{TMP_PREFIX}{name}"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+        floats = [g.floats for g in self.pending]
+        ints = [g.ints for g in self.pending]
+        offsets = np.zeros(len(self.pending) + 1, dtype=np.int64)
+        np.cumsum([len(f) for f in floats], out=offsets[1:])
+        _write_npy(tmp / "floats.npy", FLOAT_DTYPE, self.layout.num_floats, floats)
+        _write_npy(tmp / "ints.npy", INT_DTYPE, self.layout.num_ints, ints)
+        np.save(tmp / "game_offsets.npy", offsets)
+        os.rename(tmp, self.out / name)
+        for game, offset in zip(self.pending, offsets[:-1], strict=True):
+            row = dict(game.row, shard=index, offset=int(offset))
+            row["nonfinite"] = sum(game.nonfinite.values())
+            row["clamped"] = sum(game.clamped.values())
+            self.games.append(row)
+            self.nonfinite.update(game.nonfinite)
+            self.clamped.update(game.clamped)
+            self.float_stats.update(game.floats)
+            self.int_stats.update(game.ints)
+        self.shards.append({"name": name, "frames": int(offsets[-1]), "games": len(self.pending)})
+        self.pending = []
+        self.pending_frames = 0
+        self.write_manifest(complete=False)
+
+    def manifest(self, complete: bool) -> dict:
+        stats = self.float_stats.to_dict(self.layout.float_names)
+        stats.update(self.int_stats.to_dict(self.layout.int_names))
+        return {
+            "format_version": STORE_FORMAT_VERSION,
+            "encoder_version": ENCODER_VERSION,
+            "encoding_config": self.cfg.to_dict(),
+            "config_hash": self.cfg.config_hash(),
+            "float_columns": self.layout.float_names,
+            "int_columns": self.layout.int_names,
+            "filters": self.filters.to_dict(),
+            "dedupe": self.dedupe,
+            "counts": {
+                "games": len(self.games),
+                "frames": sum(s["frames"] for s in self.shards),
+                "skipped": len(self.skipped),
+                "duplicates": len(self.duplicates),
+                "shards": len(self.shards),
+            },
+            "column_stats": stats,
+            "repairs": {
+                "nonfinite": dict(sorted(self.nonfinite.items())),
+                "clamped": dict(sorted(self.clamped.items())),
+            },
+            "games": self.games,
+            "skipped": list(self.skipped.values()),
+            "duplicates": list(self.duplicates.values()),
+            "shards": self.shards,
+            "complete": complete,
+            "created": self.created,
+            "updated": _now(),
+        }
+
+    def write_manifest(self, complete: bool) -> None:
+        _write_json_atomic(self.out / MANIFEST, self.manifest(complete))
+
+
+def _prepare(out: Path, writer: _Writer, overwrite: bool) -> None:
+    """Make `out` ready: fresh, overwritten, or resumed from its manifest (refusing a different config)."""
+    if (out / MANIFEST).is_file() and not overwrite:
+        manifest = _read_manifest(out)
+        _check_config(out, manifest, writer.cfg, "\nuse overwrite (--overwrite) to rebuild it")
+        if manifest.get("format_version") != STORE_FORMAT_VERSION or manifest.get("encoder_version") != ENCODER_VERSION:
+            raise StoreConfigError(
+                f"store {out} has format_version {manifest.get('format_version')} / encoder_version "
+                f"{manifest.get('encoder_version')}, this code writes {STORE_FORMAT_VERSION} / {ENCODER_VERSION}; "
+                "use overwrite (--overwrite) to rebuild it"
+            )
+        diff = config_diff(writer.filters.to_dict(), manifest["filters"])
+        if diff:
+            raise StoreConfigError(
+                f"store {out} was built with different filters; differing fields:\n"
+                + format_config_diff(diff, "requested", "store")
+                + "\nuse overwrite (--overwrite) to rebuild it"
+            )
+        _remove_unlisted(out, {s["name"] for s in manifest["shards"]})
+        writer.resume(manifest)
+        return
+    foreign = sorted(e.name for e in out.iterdir() if not _is_store_entry(e.name))
+    if foreign:
+        raise StoreError(f"{out} exists and is not an encoded store (it holds {foreign[:5]}); refusing to write there")
+    _clear_store(out)
+    writer.write_manifest(complete=False)
+
+
+def _progress(enabled: bool, console: Console) -> Progress | nullcontext:
+    if not enabled:
+        return nullcontext()
+    columns = (TextColumn("encoding"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    return Progress(*columns, console=console)
+
+
+def build_store(
+    replays: Sequence[str | Path],
+    out: str | Path,
+    cfg: EncodingConfig,
+    filters: StoreFilters | None = None,
+    *,
+    workers: int = 1,
+    shard_frames: int = 1_000_000,
+    overwrite: bool = False,
+    dedupe: bool = True,
+    progress: bool = True,
+) -> Store:
+    """Encode replay files and folders (searched recursively for `*.slp`) into the store at `out`.
+
+    Memory stays flat in the number of games (one shard of `shard_frames` frames is buffered). A rerun resumes
+    an interrupted or finished build with the same config and filters; a different config is refused
+    (StoreConfigError naming the fields) unless `overwrite`. Unusable and filtered files become skip
+    records with a reason. Returns the opened store.
+    """
+    if shard_frames < 1 or workers < 1:
+        raise ValueError(f"shard_frames and workers must be >= 1, got {shard_frames} and {workers}")
+    files = [str(p) for p in find_replays(replays)]
+    if not files:
+        raise FileNotFoundError(f"no *.slp replay files under {[str(p) for p in replays]}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    filters = filters or StoreFilters()
+    writer = _Writer(out, cfg, filters, shard_frames, dedupe)
+    console = Console(stderr=True)
+    with _locked(out):
+        _prepare(out, writer, overwrite)
+        processor = FileProcessor(cfg, filters, {m: set(p) for m, p in writer.stored.items()}, dedupe)
+        if workers == 1:
+            pool = None
+            results = map(processor, files)
+        else:
+            context = multiprocessing.get_context("spawn")
+            pool = context.Pool(min(workers, len(files)), initializer=init_worker, initargs=(processor,))
+            results = pool.imap(process_in_worker, files, chunksize=1)
+        try:
+            with _progress(progress, console) as bar:
+                task = bar.add_task("encode", total=len(files)) if progress else None
+                for result in results:
+                    writer.add(result)
+                    if progress:
+                        bar.advance(task)
+        finally:
+            if pool is not None:
+                pool.terminate()
+                pool.join()
+        writer.flush()
+        writer.write_manifest(complete=True)
+    store = open_store(out)
+    if progress:
+        print_summary(store.manifest, Console(), added=writer.added)
+    return store
+
+
+# ---------------------------------------------------------------------------------------------- summary
+
+
+def print_summary(manifest: dict, console: Console, *, added: Counter | None = None, details: bool = False) -> None:
+    """Print a store's counts, skip reasons and repairs; with `details`, stage/character counts and column
+    statistics too. `added` (what one build run contributed) is shown beside the totals."""
+    counts = manifest["counts"]
+    console.print(f"config hash {manifest['config_hash']}, complete: {manifest['complete']}")
+    table = Table(title="store")
+    table.add_column("")
+    table.add_column("total", justify="right")
+    if added is not None:
+        table.add_column("this run", justify="right")
+    for key in ("games", "frames", "shards", "duplicates", "skipped"):
+        cells = [key, f"{counts[key]:,}"]
+        if added is not None:
+            cells.append("" if key == "shards" else f"{added[key]:,}")
+        table.add_row(*cells)
+    console.print(table)
+    reasons = Counter(r["reason"] for r in manifest["skipped"])
+    if reasons:
+        skipped = Table(title="skipped by reason")
+        skipped.add_column("files", justify="right")
+        skipped.add_column("reason")
+        for reason, n in reasons.most_common():
+            skipped.add_row(str(n), reason)
+        console.print(skipped)
+    repairs = manifest["repairs"]
+    if repairs["nonfinite"] or repairs["clamped"]:
+        fixed = Table(title="repaired values")
+        for name in ("kind", "column", "values"):
+            fixed.add_column(name)
+        for kind, columns in repairs.items():
+            for column, n in columns.items():
+                fixed.add_row(kind, column, f"{n:,}")
+        console.print(fixed)
+    else:
+        console.print("repaired values: none")
+    if not details:
+        return
+    for key, title in (("stage", "stage ids"), ("characters", "character ids (external)")):
+        values = Counter(c for g in manifest["games"] for c in (g[key] if key == "characters" else [g[key]]))
+        tally = Table(title=f"games by {title}")
+        tally.add_column("id", justify="right")
+        tally.add_column("count", justify="right")
+        for value, n in sorted(values.items()):
+            tally.add_row(str(value), str(n))
+        console.print(tally)
+    stats = Table(title="column statistics")
+    for name in ("column", "mean", "std", "min", "max"):
+        stats.add_column(name, justify="left" if name == "column" else "right")
+    for column, s in manifest["column_stats"].items():
+        stats.add_row(column, *("-" if s[k] is None else f"{s[k]:.4g}" for k in ("mean", "std", "min", "max")))
+    console.print(stats)

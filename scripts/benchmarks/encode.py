@@ -1,0 +1,118 @@
+"""Encode pipeline speed vs peppi alone, and peak memory of encoding N vs 4N game files.
+
+Throughput: the same files, side by side and interleaved: peppi's `read_slippi` alone, then the whole
+md5 -> parse -> encode -> shard write -> manifest pipeline (`build_store`, workers=1). Both are counted in
+unique (stored) frames per second; the summary ratio is pipeline / peppi (target >= 0.5).
+
+Memory: a fresh subprocess per build reports its own peak RSS (`ru_maxrss`) after encoding N copies of the
+samples, or 4N (distinct names, dedupe off, the same `shard_frames`); ratio 4N / N (target <= 1.10).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import peppi_py
+
+from melee_wm.data.store import build_store
+from melee_wm.encoding.config import EncodingConfig
+from melee_wm.samples import sample_paths
+
+RSS_SHARD_FRAMES = 20_000  # below one sample set's 39,188 frames, so N already fills a shard
+RSS_CHILD = """
+import json, resource, sys
+from melee_wm.data.store import build_store
+from melee_wm.encoding.config import EncodingConfig
+store = build_store([sys.argv[1]], sys.argv[2], EncodingConfig(), workers=1, shard_frames=int(sys.argv[3]),
+                    dedupe=False, progress=False)
+peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"games": store.num_games, "frames": store.num_frames, "peak_rss_mib": peak_kib / 1024}))
+"""
+
+
+def _peppi_seconds(files: list[Path]) -> float:
+    start = time.perf_counter()
+    for path in files:
+        peppi_py.read_slippi(str(path))
+    return time.perf_counter() - start
+
+
+def _pipeline_seconds(files: list[Path], out: Path) -> tuple[float, int]:
+    start = time.perf_counter()
+    store = build_store(files, out, EncodingConfig(), workers=1, overwrite=True, progress=False)
+    return time.perf_counter() - start, store.num_frames
+
+
+def _copies(files: list[Path], folder: Path, copies: int) -> Path:
+    folder.mkdir(parents=True)
+    for i in range(copies):
+        for path in files:
+            shutil.copyfile(path, folder / f"{i:03d}_{path.name}")
+    return folder
+
+
+def _peak_rss(folder: Path, out: Path) -> dict:
+    cmd = [sys.executable, "-c", RSS_CHILD, str(folder), str(out), str(RSS_SHARD_FRAMES)]
+    result = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    shutil.rmtree(out)
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def run(quick: bool) -> Iterator[dict]:
+    files = sample_paths()
+    repeats = 3 if quick else 9
+    base_copies = 1 if quick else 2
+    with tempfile.TemporaryDirectory(prefix="melee_wm_bench_") as tmp:
+        tmp = Path(tmp)
+        small = _copies(files, tmp / "n", base_copies)
+        large = _copies(files, tmp / "4n", 4 * base_copies)
+        peaks: dict[str, list[float]] = {"n": [], "4n": []}
+        for _ in range(3):
+            for name, folder in (("n", small), ("4n", large)):
+                peak = _peak_rss(folder, tmp / f"store_{name}")
+                peaks[name].append(peak["peak_rss_mib"])
+                yield {"measure": "peak_rss", "files": name, "games": peak["games"], "frames": peak["frames"], **peak}
+        rss_n, rss_4n = statistics.median(peaks["n"]), statistics.median(peaks["4n"])
+        rss_ratio = rss_4n / rss_n
+        yield {
+            "measure": "peak_rss_4n_over_n",
+            "shard_frames": RSS_SHARD_FRAMES,
+            "rss_n_mib": round(rss_n, 1),
+            "rss_4n_mib": round(rss_4n, 1),
+            "ratio": round(rss_ratio, 3),
+            "target": 1.10,
+            "goal": "<=",
+            "passed": rss_ratio <= 1.10,
+        }
+
+        _peppi_seconds(files)  # warm the page cache and imports for both sides
+        _pipeline_seconds(files, tmp / "store")
+        peppi_s, pipeline_s = [], []
+        frames = 0
+        for _ in range(repeats):
+            peppi_s.append(_peppi_seconds(files))
+            seconds, frames = _pipeline_seconds(files, tmp / "store")
+            pipeline_s.append(seconds)
+        peppi_fps = frames / statistics.median(peppi_s)
+        pipeline_fps = frames / statistics.median(pipeline_s)
+        ratio = pipeline_fps / peppi_fps
+        yield {
+            "measure": "frames_per_s",
+            "files": len(files),
+            "frames": frames,
+            "repeats": repeats,
+            "peppi_fps": round(peppi_fps),
+            "pipeline_fps": round(pipeline_fps),
+            "ratio": round(ratio, 3),
+            "target": 0.5,
+            "goal": ">=",
+            "passed": ratio >= 0.5,
+        }
