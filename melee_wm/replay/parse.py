@@ -149,26 +149,31 @@ def final_frame_indices(frame_ids: np.ndarray) -> np.ndarray:
     return len(frame_ids) - 1 - first_in_reversed
 
 
-def _flag_word(parts: tuple[pa.Array, ...], rows: pa.Array) -> np.ndarray:
+def _final_rows(column: pa.Array, rows: pa.Array | None) -> np.ndarray:
+    """The finalized rows of one peppi column (`rows` None: the replay has no rollbacks, keep all)."""
+    return (column if rows is None else column.take(rows)).to_numpy()
+
+
+def _flag_word(parts: tuple[pa.Array, ...], rows: pa.Array | None) -> np.ndarray:
     """Combine the 5 per-byte state-flag arrays into one uint64 word per frame."""
-    word = np.zeros(len(rows), dtype=np.uint64)
+    word = np.zeros(len(parts[0]) if rows is None else len(rows), dtype=np.uint64)
     for byte_index, part in enumerate(parts):
-        word |= part.take(rows).to_numpy().astype(np.uint64) << np.uint64(8 * byte_index)
+        word |= _final_rows(part, rows).astype(np.uint64) << np.uint64(8 * byte_index)
     return word
 
 
-def _player_arrays(data: Any, rows: pa.Array, missing: set[str]) -> dict[str, np.ndarray]:
+def _player_arrays(data: Any, rows: pa.Array | None, num_frames: int, missing: set[str]) -> dict[str, np.ndarray]:
     out: dict[str, np.ndarray] = {}
     for name, accessor in FIELD_ACCESSORS.items():
         dtype = FIELD_DTYPES.get(name, np.float32)
         column = accessor(data)
         if column is None:
             missing.add(name)
-            out[name] = np.full(len(rows), FIELD_DEFAULTS[name], dtype=dtype)
+            out[name] = np.full(num_frames, FIELD_DEFAULTS[name], dtype=dtype)
         elif name == "state_flags":
             out[name] = _flag_word(column, rows)
         else:
-            out[name] = column.take(rows).to_numpy().astype(dtype, copy=False)
+            out[name] = _final_rows(column, rows).astype(dtype, copy=False)
     return out
 
 
@@ -193,9 +198,10 @@ def parse_replay(path: str | Path, md5: str | None = None) -> ParsedGame:
         rows_np = final_frame_indices(frame_ids)
     except ValueError as err:
         raise ReplayError(path, str(err)) from None
-    rows = pa.array(rows_np)
+    has_rollbacks = not np.array_equal(rows_np, np.arange(len(frame_ids)))  # re-sent or reordered rows
+    rows = pa.array(rows_np) if has_rollbacks else None
     missing: set[str] = set()
-    arrays = tuple(_player_arrays(port.leader, rows, missing) for port in game.frames.ports)
+    arrays = tuple(_player_arrays(port.leader, rows, len(rows_np), missing) for port in game.frames.ports)
     meta = GameMeta(
         path=str(path),
         md5=md5 or file_md5(path),
