@@ -1,0 +1,252 @@
+"""Mamba-2 block in plain PyTorch, with mamba_ssm's parameter names and shapes so weights move both ways.
+
+in_proj -> [z, xBC, dt]; xBC -> causal depthwise conv -> SiLU -> [x, B, C]; SSD scan with D skip;
+gated RMSNorm of y * silu(z); out_proj. ``forward`` takes and returns the recurrent state (conv window and
+SSM state, mamba_ssm's cache layout), so a sequence can be processed in pieces or frame by frame (``step``).
+``backend="mamba_ssm"`` runs the same parameters through mamba_ssm's fused CUDA kernels.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from melee_wm.model.ssd import scan_dtype, ssd_chunked, ssd_step
+
+BACKENDS = ("torch", "mamba_ssm")
+
+
+class Mamba2State(NamedTuple):
+    """Recurrent state of one block (mamba_ssm's inference-cache layout).
+
+    conv: (batch, conv_dim, d_conv), the last d_conv pre-conv xBC inputs, oldest first.
+    ssm: (batch, nheads, headdim, d_state), float32 (or wider).
+    """
+
+    conv: Tensor
+    ssm: Tensor
+
+
+class RMSNormGated(nn.Module):
+    """RMSNorm of ``x * silu(z)`` over groups of ``group_size`` channels (mamba_ssm, norm_before_gate=False).
+    Computed in float32, returned in x's dtype."""
+
+    def __init__(self, hidden_size: int, group_size: int, eps: float = 1e-5):
+        super().__init__()
+        if hidden_size % group_size:
+            raise ValueError(f"RMSNormGated: hidden_size={hidden_size} is not a multiple of group_size={group_size}")
+        self.eps = eps
+        self.group_size = group_size
+        self.weight = nn.Parameter(torch.ones(hidden_size))
+
+    def forward(self, x: Tensor, z: Tensor) -> Tensor:
+        """x, z: (..., hidden_size) -> (..., hidden_size)."""
+        cd = scan_dtype(x, z)
+        gated = x.to(cd) * F.silu(z.to(cd))
+        groups = gated.unflatten(-1, (-1, self.group_size))
+        normed = groups * torch.rsqrt(groups.square().mean(-1, keepdim=True) + self.eps)
+        return (normed.flatten(-2) * self.weight.to(cd)).to(x.dtype)
+
+
+class Mamba2(nn.Module):
+    """The Mamba-2 block. u: (batch, seqlen, d_model) -> (batch, seqlen, d_model), plus the new state."""
+
+    def __init__(
+        self,
+        d_model: int,
+        d_state: int = 64,
+        d_conv: int = 4,
+        expand: int = 2,
+        headdim: int = 64,
+        ngroups: int = 1,
+        chunk_size: int = 64,
+        dt_min: float = 0.001,
+        dt_max: float = 0.1,
+        dt_init_floor: float = 1e-4,
+        A_init_range: tuple[float, float] = (1, 16),
+        bias: bool = False,
+        conv_bias: bool = True,
+        norm_eps: float = 1e-5,
+        backend: str = "torch",
+    ):
+        super().__init__()
+        self.d_model, self.d_state, self.d_conv, self.headdim, self.ngroups = d_model, d_state, d_conv, headdim, ngroups
+        self.chunk_size = chunk_size
+        self.d_inner = expand * d_model
+        if self.d_inner % headdim:
+            raise ValueError(
+                f"Mamba2: d_inner = expand*d_model = {self.d_inner} is not a multiple of headdim={headdim}"
+            )
+        self.nheads = self.d_inner // headdim
+        if self.nheads % ngroups:
+            raise ValueError(f"Mamba2: nheads={self.nheads} is not a multiple of ngroups={ngroups}")
+        if not 0 < A_init_range[0] <= A_init_range[1]:
+            raise ValueError(f"Mamba2: A_init_range={A_init_range} must satisfy 0 < low <= high")
+        if backend not in BACKENDS:
+            raise ValueError(f"Mamba2: backend={backend!r}, expected one of {BACKENDS}")
+        self.backend = backend
+        self._kernels = _load_mamba_ssm() if backend == "mamba_ssm" else None
+        self.conv_dim = self.d_inner + 2 * ngroups * d_state
+
+        self.in_proj = nn.Linear(d_model, self.d_inner + self.conv_dim + self.nheads, bias=bias)  # [z, xBC, dt]
+        self.conv1d = nn.Conv1d(
+            self.conv_dim, self.conv_dim, d_conv, groups=self.conv_dim, padding=d_conv - 1, bias=conv_bias
+        )
+        log_dt = torch.rand(self.nheads) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
+        dt = torch.exp(log_dt).clamp(min=dt_init_floor)
+        self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))  # softplus(dt_bias) == dt
+        self.A_log = nn.Parameter(torch.log(torch.empty(self.nheads).uniform_(*A_init_range)))
+        self.D = nn.Parameter(torch.ones(self.nheads))
+        for p in (self.dt_bias, self.A_log, self.D):
+            p._no_weight_decay = True
+        self.norm = RMSNormGated(self.d_inner, group_size=self.d_inner // ngroups, eps=norm_eps)
+        self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias)
+
+    def init_state(
+        self, batch: int, device: torch.device | None = None, dtype: torch.dtype | None = None
+    ) -> Mamba2State:
+        """Zero state; conv in ``dtype`` (default: the parameters'), ssm in float32 or wider."""
+        device = self.in_proj.weight.device if device is None else device
+        dtype = self.in_proj.weight.dtype if dtype is None else dtype
+        return Mamba2State(
+            conv=torch.zeros(batch, self.conv_dim, self.d_conv, device=device, dtype=dtype),
+            ssm=torch.zeros(
+                batch,
+                self.nheads,
+                self.headdim,
+                self.d_state,
+                device=device,
+                dtype=torch.promote_types(torch.float32, dtype),
+            ),
+        )
+
+    def _split(self, zxbcdt: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        return zxbcdt.split([self.d_inner, self.conv_dim, self.nheads], dim=-1)
+
+    def _ssm_inputs(self, xbc: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Post-conv xBC (..., conv_dim) -> x (..., nheads, headdim), B and C (..., ngroups, d_state)."""
+        x, B, C = xbc.split([self.d_inner, self.ngroups * self.d_state, self.ngroups * self.d_state], dim=-1)
+        return x.unflatten(-1, (self.nheads, self.headdim)), *(t.unflatten(-1, (self.ngroups, -1)) for t in (B, C))
+
+    def _dt(self, dt: Tensor) -> Tensor:
+        """softplus(dt + dt_bias) in float32 (or wider)."""
+        cd = scan_dtype(dt, self.dt_bias)
+        return F.softplus(dt.to(cd) + self.dt_bias.to(cd))
+
+    def _A(self) -> Tensor:
+        return -torch.exp(self.A_log.to(scan_dtype(self.A_log)))
+
+    def _conv(self, xbc: Tensor, conv_state: Tensor | None) -> tuple[Tensor, Tensor]:
+        """Causal depthwise conv + SiLU continuing from ``conv_state``.
+        xbc: (batch, seqlen, conv_dim) -> (batch, seqlen, conv_dim), new conv state (batch, conv_dim, d_conv)."""
+        xbc_t = xbc.transpose(1, 2)
+        if conv_state is None:
+            conv_state = xbc_t.new_zeros(xbc.shape[0], self.conv_dim, self.d_conv)
+        window = torch.cat([conv_state.to(xbc.dtype), xbc_t], dim=-1)  # (batch, conv_dim, d_conv + seqlen)
+        out = F.conv1d(window[..., 1:], self.conv1d.weight, self.conv1d.bias, groups=self.conv_dim)
+        return F.silu(out).transpose(1, 2), window[..., -self.d_conv :]
+
+    def forward(self, u: Tensor, state: Mamba2State | None = None) -> tuple[Tensor, Mamba2State]:
+        """u: (batch, seqlen, d_model); state from ``init_state``/a previous call, or None (zeros).
+        Returns (batch, seqlen, d_model) and the state after the last position."""
+        z, xbc, dt = self._split(self.in_proj(u))
+        if self.backend == "mamba_ssm":
+            y, new_state = self._forward_mamba_ssm(z, xbc, dt, state)
+        else:
+            xbc, conv_state = self._conv(xbc, None if state is None else state.conv)
+            x, B, C = self._ssm_inputs(xbc)
+            y, ssm_state = ssd_chunked(
+                x,
+                self._dt(dt),
+                self._A(),
+                B,
+                C,
+                self.chunk_size,
+                initial_state=None if state is None else state.ssm,
+                D=self.D,
+            )
+            y = self.norm(y.flatten(-2), z)
+            new_state = Mamba2State(conv=conv_state, ssm=ssm_state)
+        return self.out_proj(y), new_state
+
+    def step(self, u_t: Tensor, state: Mamba2State) -> tuple[Tensor, Mamba2State]:
+        """One position. u_t: (batch, d_model) -> (batch, d_model) and a new state (``state`` is untouched).
+        Pure PyTorch with every backend (it is the same math on CUDA)."""
+        z, xbc, dt = self._split(self.in_proj(u_t))
+        window = torch.cat([state.conv[..., 1:], xbc[..., None].to(state.conv.dtype)], dim=-1)
+        conv = (window * self.conv1d.weight[:, 0]).sum(-1)
+        if self.conv1d.bias is not None:
+            conv = conv + self.conv1d.bias
+        x, B, C = self._ssm_inputs(F.silu(conv).to(xbc.dtype))
+        y, ssm_state = ssd_step(x, self._dt(dt), self._A(), B, C, state.ssm, D=self.D)
+        return self.out_proj(self.norm(y.flatten(-2), z)), Mamba2State(conv=window, ssm=ssm_state)
+
+    def _forward_mamba_ssm(
+        self, z: Tensor, xbc: Tensor, dt: Tensor, state: Mamba2State | None
+    ) -> tuple[Tensor, Mamba2State]:
+        """The same computation through mamba_ssm's kernels; returns y after the gated norm, and the state."""
+        if not z.is_cuda:
+            raise RuntimeError(
+                f"Mamba2(backend='mamba_ssm') runs only on CUDA tensors, got device {z.device}; "
+                "use backend='torch' on CPU"
+            )
+        k = self._kernels
+        if state is None and k.causal_conv1d_fn is not None:
+            conv_state = F.pad(xbc.transpose(1, 2), (self.d_conv - xbc.shape[1], 0))
+            xbc = k.causal_conv1d_fn(
+                xbc.transpose(1, 2), self.conv1d.weight[:, 0], self.conv1d.bias, activation="silu"
+            ).transpose(1, 2)
+        else:  # carrying a conv state in: the plain conv (causal_conv1d's state API wants channel-last input)
+            xbc, conv_state = self._conv(xbc, None if state is None else state.conv)
+        x, B, C = self._ssm_inputs(xbc)
+        y, ssm_state = k.mamba_chunk_scan_combined(
+            x,
+            dt,
+            self._A(),
+            B,
+            C,
+            chunk_size=self.chunk_size,
+            D=self.D,
+            dt_bias=self.dt_bias,
+            dt_softplus=True,
+            initial_states=None if state is None else state.ssm,
+            return_final_states=True,
+        )
+        y = k.rmsnorm_fn(
+            y.flatten(-2),
+            self.norm.weight,
+            None,
+            z=z,
+            eps=self.norm.eps,
+            group_size=self.norm.group_size,
+            norm_before_gate=False,
+        )
+        return y, Mamba2State(conv=conv_state, ssm=ssm_state)
+
+
+class _MambaSsmKernels(NamedTuple):
+    mamba_chunk_scan_combined: object
+    rmsnorm_fn: object
+    causal_conv1d_fn: object | None
+
+
+def _load_mamba_ssm() -> _MambaSsmKernels:
+    """Import mamba_ssm's kernels (and causal_conv1d's, when installed), or raise saying what is missing."""
+    try:
+        from mamba_ssm.ops.triton.layernorm_gated import rmsnorm_fn
+        from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
+    except Exception as err:  # mamba_ssm fails with ImportError, or OSError/RuntimeError from its CUDA extension
+        raise RuntimeError(
+            "Mamba2(backend='mamba_ssm') needs the mamba_ssm package with its CUDA kernels "
+            "(pip install 'melee_wm[cuda]' on a CUDA machine); importing it failed: "
+            f"{type(err).__name__}: {err}. Use backend='torch' otherwise."
+        ) from err
+    try:
+        from causal_conv1d import causal_conv1d_fn
+    except ImportError:
+        causal_conv1d_fn = None
+    return _MambaSsmKernels(mamba_chunk_scan_combined, rmsnorm_fn, causal_conv1d_fn)

@@ -1,0 +1,188 @@
+"""Mamba-2 state-space-duality (SSD) scan: chunked (training), sequential (reference), one step (inference).
+
+Conventions follow mamba_ssm: scalar decay ``A`` per head, ``B``/``C`` shared by the heads of a group (head
+``h`` uses group ``h // (nheads // ngroups)``), ``dt`` already softplus'ed with its bias added. The recurrence is
+
+    state_t = exp(dt_t * A) * state_{t-1} + dt_t * x_t ⊗ B_t,        y_t = state_t · C_t + D * x_t
+
+The scan always runs in float32 or wider (autocast is switched off inside; float64 stays float64). ``y`` is
+returned in ``x``'s dtype and the state in the scan dtype, so a long recurrent rollout keeps a float32 state.
+The optional ``D: (nheads,)`` skip term is added in the scan dtype, as mamba_ssm's kernels do.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def scan_dtype(*tensors: Tensor | None) -> torch.dtype:
+    """The dtype the scan runs in: float32, or wider when an input is wider (float64 stays float64)."""
+    dtype = torch.float32
+    for t in tensors:
+        if t is not None:
+            dtype = torch.promote_types(dtype, t.dtype)
+    return dtype
+
+
+def _check_shapes(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, state: Tensor | None) -> None:
+    """Raise a clear error when the (batch, [seqlen,] ...) shapes do not fit together."""
+    *lead, nheads, headdim = x.shape
+    ngroups, d_state = B.shape[-2:]
+    expected = {
+        "dt": (dt.shape, (*lead, nheads)),
+        "A": (A.shape, (nheads,)),
+        "B": (B.shape, (*lead, ngroups, d_state)),
+        "C": (C.shape, (*lead, ngroups, d_state)),
+    }
+    if state is not None:
+        expected["state"] = (state.shape, (lead[0], nheads, headdim, d_state))
+    for name, (got, want) in expected.items():
+        if tuple(got) != tuple(want):
+            raise ValueError(f"ssd: {name} has shape {tuple(got)}, expected {tuple(want)} (from x {tuple(x.shape)})")
+    if nheads % ngroups:
+        raise ValueError(f"ssd: nheads={nheads} is not a multiple of ngroups={ngroups}")
+
+
+def ssd_step(
+    x_t: Tensor, dt_t: Tensor, A: Tensor, B_t: Tensor, C_t: Tensor, state: Tensor, D: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """One recurrent step. Pure: ``state`` is not modified.
+
+    x_t: (batch, nheads, headdim); dt_t: (batch, nheads); A: (nheads,); B_t, C_t: (batch, ngroups, d_state);
+    state: (batch, nheads, headdim, d_state). Returns y_t (x_t's dtype) and the new state (scan dtype).
+    """
+    _check_shapes(x_t, dt_t, A, B_t, C_t, state)
+    out_dtype = x_t.dtype
+    with torch.autocast(x_t.device.type, enabled=False):
+        cd = scan_dtype(x_t, dt_t, A, B_t, C_t, state, D)
+        x, dt, A, B, C, state = (t.to(cd) for t in (x_t, dt_t, A, B_t, C_t, state))
+        batch, nheads, headdim = x.shape
+        ngroups, d_state = B.shape[1:]
+        rows = nheads // ngroups * headdim  # the heads of a group share B and C: fold them into rows
+        decayed = (state * torch.exp(dt * A)[..., None, None]).view(batch * ngroups, rows, d_state)
+        xdt = (x * dt[..., None]).view(batch * ngroups, rows, 1)
+        new_state = torch.baddbmm(decayed, xdt, B.reshape(batch * ngroups, 1, d_state))
+        y = torch.bmm(new_state, C.reshape(batch * ngroups, d_state, 1)).view(batch, nheads, headdim)
+        new_state = new_state.view(batch, nheads, headdim, d_state)
+        if D is not None:
+            y = y + D.to(cd)[:, None] * x
+    return y.to(out_dtype), new_state
+
+
+def ssd_sequential(
+    x: Tensor,
+    dt: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    initial_state: Tensor | None = None,
+    D: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """The exact recurrence, one ``ssd_step`` per position: the reference for ``ssd_chunked``.
+
+    x: (batch, seqlen, nheads, headdim); dt: (batch, seqlen, nheads); B, C: (batch, seqlen, ngroups, d_state);
+    initial_state: (batch, nheads, headdim, d_state) or None (zeros). Returns y like x and the final state.
+    """
+    _check_shapes(x, dt, A, B, C, initial_state)
+    batch, _, nheads, headdim = x.shape
+    state = initial_state
+    if state is None:
+        state = x.new_zeros(batch, nheads, headdim, B.shape[-1], dtype=scan_dtype(x, dt, A, B, C))
+    ys = []
+    for t in range(x.shape[1]):
+        y_t, state = ssd_step(x[:, t], dt[:, t], A, B[:, t], C[:, t], state, D)
+        ys.append(y_t)
+    return torch.stack(ys, dim=1), state
+
+
+def ssd_chunked(
+    x: Tensor,
+    dt: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    chunk_size: int,
+    initial_state: Tensor | None = None,
+    D: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Chunked SSD for training: quadratic attention-like form inside chunks, recurrence between them.
+
+    Same arguments and results as ``ssd_sequential``; any seqlen (the ragged tail is padded with dt = 0,
+    which neither decays nor feeds the state, so results are exact).
+    """
+    _check_shapes(x, dt, A, B, C, initial_state)
+    if chunk_size < 1:
+        raise ValueError(f"ssd_chunked: chunk_size must be >= 1, got {chunk_size}")
+    out_dtype = x.dtype
+    with torch.autocast(x.device.type, enabled=False):
+        cd = scan_dtype(x, dt, A, B, C, initial_state, D)
+        x_in = x.to(cd)
+        y, final_state = _chunked(
+            x_in,
+            dt.to(cd),
+            A.to(cd),
+            B.to(cd),
+            C.to(cd),
+            chunk_size,
+            None if initial_state is None else initial_state.to(cd),
+        )
+        if D is not None:
+            y = y + D.to(cd)[:, None] * x_in
+    return y.to(out_dtype), final_state
+
+
+def _chunked(
+    x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, chunk_size: int, initial_state: Tensor | None
+) -> tuple[Tensor, Tensor]:
+    """The SSD algorithm on same-dtype tensors; see ``ssd_chunked``. The heavy products are batched matmuls
+    with the heads of a group folded into the matrix rows, so B and C are never broadcast over heads."""
+    batch, seqlen, nheads, headdim = x.shape
+    ngroups, d_state = B.shape[-2:]
+    per_group = nheads // ngroups
+    q = chunk_size
+    nchunks = max(1, math.ceil(seqlen / q))
+    pad = nchunks * q - seqlen
+    if pad:
+        x, dt, B, C = (F.pad(t, (0, 0) * (t.dim() - 2) + (0, pad)) for t in (x, dt, B, C))
+
+    xc = x.view(batch, nchunks, q, nheads, headdim)
+    dtc = dt.view(batch, nchunks, q, nheads).transpose(2, 3)  # (b, c, h, q)
+    Bc = B.view(batch, nchunks, q, ngroups, d_state).transpose(2, 3)  # (b, c, g, q, n)
+    Cc = C.view(batch, nchunks, q, ngroups, d_state).transpose(2, 3)  # (b, c, g, q, n)
+    a_cum = torch.cumsum(dtc * A[:, None], dim=-1)  # cumulative log-decay inside each chunk: (b, c, h, q)
+
+    # 1. Within chunks: y_i = sum_{j<=i} (C_i·B_j) exp(a_i - a_j) dt_j x_j.
+    causal = torch.ones(q, q, dtype=torch.bool, device=x.device).tril()
+    seg = (a_cum[..., :, None] - a_cum[..., None, :]).masked_fill(~causal, -math.inf)
+    decay = (torch.exp(seg) * dtc[..., None, :]).view(batch, nchunks, ngroups, per_group, q, q)
+    scores = (decay * (Cc @ Bc.transpose(-1, -2))[:, :, :, None]).view(batch, nchunks, nheads, q, q)
+    y = (scores @ xc.transpose(2, 3)).transpose(2, 3)  # (b, c, q, h, p)
+
+    # 2. Each chunk's own contribution to the state at its end: (b, c, h, p, n).
+    to_end = (torch.exp(a_cum[..., -1:] - a_cum) * dtc).transpose(2, 3)  # (b, c, q, h)
+    xw = (xc * to_end[..., None]).view(batch, nchunks, q, ngroups, per_group * headdim)
+    chunk_states = (xw.permute(0, 1, 3, 4, 2) @ Bc).view(batch, nchunks, nheads, headdim, d_state)
+
+    # 3. Pass states between chunks: the state entering chunk k, for every chunk that has one.
+    chunk_decay = torch.exp(a_cum[..., -1])[..., None, None].unbind(1)  # c x (b, h, 1, 1)
+    state = initial_state
+    entering = [] if state is None else [state]
+    for k, contribution in enumerate(chunk_states.unbind(1)):
+        state = contribution if state is None else state * chunk_decay[k] + contribution
+        if k < nchunks - 1:
+            entering.append(state)
+
+    # 4. Contribution of the entering state to each position: C_i · S_k * exp(a_i).
+    if entering:
+        first = nchunks - len(entering)
+        starts = entering[0][:, None] if len(entering) == 1 else torch.stack(entering, dim=1)
+        starts = starts.view(batch, len(entering), ngroups, per_group * headdim, d_state)
+        y_off = (Cc[:, first:] @ starts.transpose(-1, -2)).transpose(2, 3)  # (b, c', q, g, per_group*p)
+        y_off = y_off.reshape(batch, len(entering), q, nheads, headdim)
+        y_off = y_off * torch.exp(a_cum[:, first:]).transpose(2, 3)[..., None]
+        y = torch.cat([y[:, :first], y[:, first:] + y_off], dim=1) if first else y + y_off
+    return y.reshape(batch, nchunks * q, nheads, headdim)[:, :seqlen], state

@@ -1,0 +1,199 @@
+"""Mamba-2 block: mamba_ssm parameter names, state carrying (split == whole, step == forward), reference math."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from melee_wm.model.mamba2 import Mamba2, Mamba2State
+from melee_wm.model.ssd import ssd_sequential
+
+CFG = {"d_model": 16, "d_state": 8, "d_conv": 4, "expand": 2, "headdim": 8, "ngroups": 2, "chunk_size": 8}
+TIGHT = {"rtol": 1e-10, "atol": 1e-10}
+
+
+def make_block(seed: int = 0, **overrides) -> Mamba2:
+    torch.manual_seed(seed)
+    block = Mamba2(**{**CFG, **overrides}).double()
+    with torch.no_grad():  # non-trivial norm weight and D, so a wrong use of either shows
+        block.norm.weight.uniform_(0.5, 1.5)
+        block.D.uniform_(-1, 1)
+    return block
+
+
+def make_input(batch: int = 2, seqlen: int = 21, seed: int = 1) -> torch.Tensor:
+    return torch.randn(
+        batch, seqlen, CFG["d_model"], generator=torch.Generator().manual_seed(seed), dtype=torch.float64
+    )
+
+
+def test_parameter_names_and_shapes_match_mamba_ssm():
+    block = Mamba2(**CFG)
+    d_inner = CFG["expand"] * CFG["d_model"]
+    nheads, groups_x_state = d_inner // CFG["headdim"], CFG["ngroups"] * CFG["d_state"]
+    conv_dim = d_inner + 2 * groups_x_state
+    expected = {
+        "in_proj.weight": (2 * d_inner + 2 * groups_x_state + nheads, CFG["d_model"]),
+        "conv1d.weight": (conv_dim, 1, CFG["d_conv"]),
+        "conv1d.bias": (conv_dim,),
+        "dt_bias": (nheads,),
+        "A_log": (nheads,),
+        "D": (nheads,),
+        "norm.weight": (d_inner,),
+        "out_proj.weight": (CFG["d_model"], d_inner),
+    }
+    assert {k: tuple(v.shape) for k, v in block.state_dict().items()} == expected
+    assert block.conv1d.padding == (CFG["d_conv"] - 1,) and block.conv1d.groups == conv_dim
+    no_decay = {name for name, p in block.named_parameters() if getattr(p, "_no_weight_decay", False)}
+    assert no_decay == {"dt_bias", "A_log", "D"}
+    with_bias = Mamba2(**CFG, bias=True, conv_bias=False).state_dict().keys()
+    assert {"in_proj.bias", "out_proj.bias"} <= with_bias and "conv1d.bias" not in with_bias
+
+
+def test_initialisation_ranges():
+    block = Mamba2(d_model=64, d_state=8, headdim=4, dt_min=0.01, dt_max=0.05, A_init_range=(2, 8))
+    dt = F.softplus(block.dt_bias)
+    assert dt.min() >= 0.01 * (1 - 1e-5) and dt.max() <= 0.05 * (1 + 1e-5) and dt.std() > 0
+    A = torch.exp(block.A_log)
+    assert A.min() >= 2 and A.max() <= 8 and A.std() > 0
+    assert torch.equal(block.D, torch.ones_like(block.D))
+
+
+def test_state_dict_round_trip():
+    block, other = make_block(seed=0), make_block(seed=1)
+    u = make_input()
+    assert not torch.allclose(block(u)[0], other(u)[0])
+    other.load_state_dict(block.state_dict(), strict=True)
+    torch.testing.assert_close(other(u)[0], block(u)[0], rtol=0, atol=0)
+
+
+def reference_forward(block: Mamba2, u: torch.Tensor) -> torch.Tensor:
+    """The block from zero state written the plain way: nn.Conv1d with its own padding, the sequential scan,
+    and the gated RMSNorm formula."""
+    d_inner, nheads, g, n = block.d_inner, block.nheads, block.ngroups, block.d_state
+    z, xbc, dt = block.in_proj(u).split([d_inner, block.conv_dim, nheads], dim=-1)
+    xbc = F.silu(block.conv1d(xbc.transpose(1, 2))[..., : u.shape[1]].transpose(1, 2))
+    x, B, C = xbc.split([d_inner, g * n, g * n], dim=-1)
+    y, _ = ssd_sequential(
+        x.unflatten(-1, (nheads, block.headdim)),
+        F.softplus(dt + block.dt_bias),
+        -torch.exp(block.A_log),
+        B.unflatten(-1, (g, n)),
+        C.unflatten(-1, (g, n)),
+        D=block.D,
+    )
+    gated = (y.flatten(-2) * F.silu(z)).unflatten(-1, (g, d_inner // g))
+    normed = (gated / torch.sqrt(gated.pow(2).mean(-1, keepdim=True) + block.norm.eps)).flatten(-2)
+    return block.out_proj(normed * block.norm.weight)
+
+
+def test_forward_matches_reference():
+    block, u = make_block(), make_input()
+    out, state = block(u)
+    torch.testing.assert_close(out, reference_forward(block, u), **TIGHT)
+    assert isinstance(state, Mamba2State)
+    assert state.conv.shape == (2, block.conv_dim, CFG["d_conv"]) and state.ssm.shape == (2, block.nheads, 8, 8)
+
+
+@pytest.mark.parametrize("split", [2, 9])
+def test_split_sequence_equals_whole(split):
+    """forward(a) then forward(b, state) == forward(a + b), pieces shorter than d_conv included."""
+    block, u = make_block(), make_input(seqlen=21)
+    out, state = block(u)
+    out1, mid = block(u[:, :split])
+    out2, mid2 = block(u[:, split : split + 1], mid)
+    out3, final = block(u[:, split + 1 :], mid2)
+    torch.testing.assert_close(torch.cat([out1, out2, out3], dim=1), out, **TIGHT)
+    torch.testing.assert_close(final.conv, state.conv, **TIGHT)
+    torch.testing.assert_close(final.ssm, state.ssm, **TIGHT)
+
+
+def test_step_matches_forward_and_is_pure():
+    block, u = make_block(), make_input(seqlen=11)
+    out, final = block(u)
+    state = block.init_state(u.shape[0])
+    assert state.conv.dtype == torch.float64 and not state.conv.any() and not state.ssm.any()
+    for t in range(u.shape[1]):
+        before = Mamba2State(*(s.clone() for s in state))
+        out_t, new_state = block.step(u[:, t], state)
+        assert all(torch.equal(a, b) for a, b in zip(state, before, strict=True)), "step mutated its input state"
+        torch.testing.assert_close(out_t, out[:, t], **TIGHT)
+        state = new_state
+    torch.testing.assert_close(state.conv, final.conv, **TIGHT)
+    torch.testing.assert_close(state.ssm, final.ssm, **TIGHT)
+
+
+def test_float32_block_and_autocast():
+    torch.manual_seed(0)
+    block, u = Mamba2(**CFG), make_input().float()
+    out, _ = block(u)
+    torch.testing.assert_close(out.double(), reference_forward(block.double(), u.double()), rtol=1e-4, atol=1e-5)
+    block.float()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out_bf16, state_bf16 = block(u)
+    assert out_bf16.dtype == torch.bfloat16 and state_bf16.ssm.dtype == torch.float32
+    torch.testing.assert_close(out_bf16.float(), out, rtol=0.05, atol=0.05)
+
+
+def test_backward_reaches_every_parameter():
+    block, u = make_block(), make_input()
+    out, state = block(u, block.init_state(u.shape[0]))
+    (out.square().sum() + state.ssm.square().sum()).backward()
+    for name, p in block.named_parameters():
+        assert p.grad is not None and p.grad.abs().max() > 0, name
+
+
+def test_bad_config_and_backend_errors():
+    with pytest.raises(ValueError, match="headdim"):
+        Mamba2(d_model=10, headdim=8)
+    with pytest.raises(ValueError, match="backend"):
+        Mamba2(**CFG, backend="triton")
+
+
+def test_mamba_ssm_backend_on_cpu_raises_clear_error():
+    try:
+        block = Mamba2(**CFG, backend="mamba_ssm")
+    except RuntimeError as err:  # mamba_ssm missing (the CPU case): the message names it
+        assert "mamba_ssm" in str(err) and "backend='torch'" in str(err)
+    else:  # mamba_ssm importable (a CUDA machine): CPU tensors are refused
+        with pytest.raises(RuntimeError, match="CUDA"):
+            block(make_input().float())
+
+
+def _mamba_ssm_available() -> bool:
+    if not torch.cuda.is_available() or importlib.util.find_spec("mamba_ssm") is None:
+        return False
+    try:
+        import mamba_ssm.modules.mamba2  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _mamba_ssm_available(), reason="needs CUDA and an importable mamba_ssm")
+def test_matches_mamba_ssm_on_gpu():
+    from mamba_ssm.modules.mamba2 import Mamba2 as UpstreamMamba2
+
+    cfg = {"d_model": 128, "d_state": 64, "d_conv": 4, "expand": 2, "headdim": 64, "ngroups": 1, "chunk_size": 16}
+    torch.manual_seed(0)
+    upstream = UpstreamMamba2(**cfg, device="cuda")
+    ours = {b: Mamba2(**cfg, backend=b).cuda() for b in ("torch", "mamba_ssm")}
+    for block in ours.values():
+        block.load_state_dict(upstream.state_dict(), strict=True)
+    u = torch.randn(4, 40, cfg["d_model"], device="cuda")
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        ref = upstream(u).float()
+        outs = {b: block(u) for b, block in ours.items()}
+        head, mid = ours["mamba_ssm"](u[:, :17])
+        tail, _ = ours["mamba_ssm"](u[:, 17:], mid)
+    scale = ref.abs().max()
+    for b, (out, _) in outs.items():
+        assert (out.float() - ref).abs().max() <= 2e-2 * scale, b
+    state_t, state_k = outs["torch"][1], outs["mamba_ssm"][1]
+    assert (state_t.ssm - state_k.ssm.float()).abs().max() <= 2e-2 * state_t.ssm.abs().max()
+    torch.testing.assert_close(state_t.conv.float(), state_k.conv.float())
+    assert (torch.cat([head, tail], 1).float() - outs["mamba_ssm"][0].float()).abs().max() <= 2e-2 * scale
