@@ -1,4 +1,5 @@
-"""The per-file half of store building: find replay files, then md5 -> parse -> filter -> encode one of them.
+"""The per-file half of store building: find replay files, then md5 -> parse -> filter -> encode one of them
+(the md5 is hashed on a helper thread while peppi reads the file).
 
 `FileProcessor` is what each worker process runs (one file per task); the store writer in
 `melee_wm.data.store` only collects its results, so nothing here touches the store on disk.
@@ -13,9 +14,9 @@ from pathlib import Path
 import numpy as np
 
 from melee_wm.encoding.config import EncodingConfig
-from melee_wm.encoding.encoder import encode_game
+from melee_wm.encoding.encoder import ColumnMoments, encode_columns
 from melee_wm.encoding.layout import Layout
-from melee_wm.replay.parse import GameMeta, ReplayError, file_md5, parse_replay
+from melee_wm.replay.parse import BackgroundMd5, GameMeta, ReplayError, parse_replay
 
 REPLAY_SUFFIX = ".slp"
 
@@ -50,13 +51,16 @@ class StoreFilters:
 
 @dataclass
 class EncodedFile:
-    """A kept game: its manifest row (without store position), floats (T, F) float32, ints (T, I) int16."""
+    """A kept game: its manifest row (without store position); its columns, one per row (the store transposes
+    them while writing): float_columns (F, T) float32, int_columns (I, T) int16; and their moments."""
 
     path: str
     md5: str
     row: dict
-    floats: np.ndarray
-    ints: np.ndarray
+    float_columns: np.ndarray
+    int_columns: np.ndarray
+    float_moments: ColumnMoments
+    int_moments: ColumnMoments
     nonfinite: dict[str, int] = field(default_factory=dict)
     clamped: dict[str, int] = field(default_factory=dict)
 
@@ -134,29 +138,33 @@ class FileProcessor:
 
     def __call__(self, path: str) -> FileResult:
         try:
-            md5 = file_md5(path)
+            md5 = BackgroundMd5(path)  # hashed on a helper thread while peppi reads the file
         except OSError as err:
             return SkippedFile(path, None, f"unreadable: {err.strerror or err}")
-        if md5 in self.known and (self.dedupe or path in self.known[md5]):
-            return KnownFile(path, md5)
+        if self.known:  # settle the md5 first, so a file the store already holds is not parsed again
+            digest = md5.result()
+            if digest in self.known and (self.dedupe or path in self.known[digest]):
+                return KnownFile(path, digest)
         try:
             parsed = parse_replay(path, md5=md5)
             reason = self.filters.reason(parsed.meta)
             if reason is not None:
-                return SkippedFile(path, md5, reason)
-            encoded = encode_game(parsed, self.cfg, self.layout)
+                return SkippedFile(path, parsed.meta.md5, reason)
+            encoded = encode_columns(parsed, self.cfg, self.layout)
         except ReplayError as err:
-            return SkippedFile(path, md5, err.reason)
+            return SkippedFile(path, md5.result(), err.reason)
         except (KeyboardInterrupt, SystemExit):
             raise
         except BaseException as err:  # peppi's Rust panics derive from BaseException; one bad file never aborts
-            return SkippedFile(path, md5, f"failed: {type(err).__name__}: {err}")
+            return SkippedFile(path, md5.result(), f"failed: {type(err).__name__}: {err}")
         return EncodedFile(
             path=path,
-            md5=md5,
+            md5=parsed.meta.md5,
             row=game_row(parsed.meta),
-            floats=encoded.floats,
-            ints=encoded.ints,
+            float_columns=encoded.floats,
+            int_columns=encoded.ints,
+            float_moments=encoded.float_moments,
+            int_moments=encoded.int_moments,
             nonfinite=dict(encoded.stats.nonfinite),
             clamped=dict(encoded.stats.clamped),
         )

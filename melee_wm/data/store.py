@@ -37,6 +37,7 @@ from melee_wm.data.pipeline import (
     process_in_worker,
 )
 from melee_wm.encoding.config import ENCODER_VERSION, EncodingConfig, config_diff, format_config_diff
+from melee_wm.encoding.encoder import ColumnMoments, column_moments
 from melee_wm.encoding.layout import Layout
 
 __all__ = [
@@ -59,6 +60,7 @@ TMP_PREFIX = ".tmp_"  # shards being written, and the manifest while it is repla
 LOCK_FILE = ".lock"
 FLOAT_DTYPE = np.dtype(np.float32)
 INT_DTYPE = np.dtype(np.int16)
+WRITE_BLOCK_ROWS = 2048  # rows transposed per block when a shard is written; the buffer stays in cache
 
 
 class StoreError(ValueError):
@@ -118,13 +120,17 @@ class ColumnStats:
 
     def update(self, values: np.ndarray) -> None:
         """values: (rows, num_columns)."""
-        if len(values) == 0:
+        self.merge(column_moments(np.ascontiguousarray(values.T)))
+
+    def merge(self, moments: ColumnMoments) -> None:
+        """Add the moments of more rows (e.g. one encoded game's, computed in the worker)."""
+        if moments.count == 0:
             return
-        self.count += len(values)
-        self.sum += values.sum(axis=0, dtype=np.float64)
-        self.sumsq += np.einsum("ij,ij->j", values, values, dtype=np.float64)
-        self.min = np.minimum(self.min, values.min(axis=0))
-        self.max = np.maximum(self.max, values.max(axis=0))
+        self.count += moments.count
+        self.sum += moments.sum
+        self.sumsq += moments.sumsq
+        self.min = np.minimum(self.min, moments.min)
+        self.max = np.maximum(self.max, moments.max)
 
     def to_dict(self, names: Sequence[str]) -> dict[str, dict[str, float | None]]:
         if self.count == 0:
@@ -245,13 +251,20 @@ def _write_json_atomic(path: Path, data: dict) -> None:
 
 
 def _write_npy(path: Path, dtype: np.dtype, columns: int, parts: list[np.ndarray]) -> None:
-    """Write the row-concatenation of `parts` as one .npy file without building it in memory."""
-    rows = sum(len(p) for p in parts)
+    """Write the games `parts`, each (columns, rows) with one column per row, as one (total rows, columns)
+    .npy file, transposing them block by block through a small reused buffer (no whole copy in memory)."""
+    rows = sum(p.shape[1] for p in parts)
     header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": (rows, columns)}
+    buffer = np.empty((WRITE_BLOCK_ROWS, columns), dtype=dtype)
     with open(path, "wb") as f:
         np.lib.format.write_array_header_1_0(f, header)
         for part in parts:
-            f.write(memoryview(np.ascontiguousarray(part, dtype=dtype)).cast("B"))
+            if part.shape[0] != columns:
+                raise ValueError(f"{path}: a game has {part.shape[0]} columns, expected {columns}")
+            for start in range(0, part.shape[1], WRITE_BLOCK_ROWS):
+                block = buffer[: min(WRITE_BLOCK_ROWS, part.shape[1] - start)]
+                np.copyto(block, part[:, start : start + len(block)].T)
+                f.write(memoryview(block).cast("B"))
 
 
 def _shard_name(index: int) -> str:
@@ -343,14 +356,16 @@ class _Writer:
             return
         self.stored.setdefault(result.md5, set()).add(path)
         self.pending.append(result)
-        self.pending_frames += len(result.floats)
+        frames = result.float_columns.shape[1]
+        self.pending_frames += frames
         self.added["games"] += 1
-        self.added["frames"] += len(result.floats)
+        self.added["frames"] += frames
         if self.pending_frames >= self.shard_frames:
             self.flush()
 
-    def flush(self) -> None:
-        """Write the pending games as the next shard, rename it into place, then list it in the manifest."""
+    def flush(self, last: bool = False) -> None:
+        """Write the pending games as the next shard, rename it into place, then list it in the manifest
+        (`last`: the caller writes the complete manifest next, so the interim one is skipped)."""
         if not self.pending:
             return
         index = len(self.shards)
@@ -359,10 +374,10 @@ class _Writer:
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir()
-        floats = [g.floats for g in self.pending]
-        ints = [g.ints for g in self.pending]
+        floats = [g.float_columns for g in self.pending]
+        ints = [g.int_columns for g in self.pending]
         offsets = np.zeros(len(self.pending) + 1, dtype=np.int64)
-        np.cumsum([len(f) for f in floats], out=offsets[1:])
+        np.cumsum([f.shape[1] for f in floats], out=offsets[1:])
         _write_npy(tmp / "floats.npy", FLOAT_DTYPE, self.layout.num_floats, floats)
         _write_npy(tmp / "ints.npy", INT_DTYPE, self.layout.num_ints, ints)
         np.save(tmp / "game_offsets.npy", offsets)
@@ -374,12 +389,13 @@ class _Writer:
             self.games.append(row)
             self.nonfinite.update(game.nonfinite)
             self.clamped.update(game.clamped)
-            self.float_stats.update(game.floats)
-            self.int_stats.update(game.ints)
+            self.float_stats.merge(game.float_moments)
+            self.int_stats.merge(game.int_moments)
         self.shards.append({"name": name, "frames": int(offsets[-1]), "games": len(self.pending)})
         self.pending = []
         self.pending_frames = 0
-        self.write_manifest(complete=False)
+        if not last:
+            self.write_manifest(complete=False)
 
     def manifest(self, complete: bool) -> dict:
         stats = self.float_stats.to_dict(self.layout.float_names)
@@ -503,7 +519,7 @@ def build_store(
             if pool is not None:
                 pool.terminate()
                 pool.join()
-        writer.flush()
+        writer.flush(last=True)
         writer.write_manifest(complete=True)
     store = open_store(out)
     if progress:

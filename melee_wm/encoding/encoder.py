@@ -27,6 +27,67 @@ class EncodeStats:
 
 
 @dataclass
+class ColumnMoments:
+    """Per-column row count, float64 sum and sum of squares, min and max of one array; `sum`, `sumsq`,
+    `min`, `max`: (num_columns,). Small, so a game's moments travel with it and the store only merges them."""
+
+    count: int
+    sum: np.ndarray
+    sumsq: np.ndarray
+    min: np.ndarray
+    max: np.ndarray
+
+
+def _runs(indices: list[int]) -> list[slice]:
+    """Maximal runs of consecutive ascending indices, as slices."""
+    runs: list[slice] = []
+    for i in indices:
+        if runs and runs[-1].stop == i:
+            runs[-1] = slice(runs[-1].start, i + 1)
+        else:
+            runs.append(slice(i, i + 1))
+    return runs
+
+
+def column_moments(columns: np.ndarray, binary_ones: dict[int, int] | None = None) -> ColumnMoments:
+    """Moments of each row of `columns`: (num_columns, rows), one column per row (contiguous rows are fastest).
+
+    binary_ones: row -> its count of ones, for rows known to hold only 0 and 1 (their moments are counts)."""
+    num_columns, rows = columns.shape
+    binary_ones = binary_ones or {}
+    sums, sumsq = np.zeros(num_columns), np.zeros(num_columns)
+    lows, highs = np.full(num_columns, np.inf), np.full(num_columns, -np.inf)
+    if rows == 0:
+        return ColumnMoments(count=0, sum=sums, sumsq=sumsq, min=lows, max=highs)
+    binary = np.array(list(binary_ones), dtype=np.int64)
+    ones = np.array(list(binary_ones.values()), dtype=np.float64)
+    sums[binary] = sumsq[binary] = ones
+    lows[binary] = ones == rows
+    highs[binary] = ones > 0
+    for block in _runs([i for i in range(num_columns) if i not in binary_ones]):  # views of rows, no copies
+        values = columns[block]
+        wide = values.astype(np.float64)
+        with np.errstate(invalid="ignore", over="ignore"):  # non-finite values give non-finite moments, quietly
+            sums[block] = wide.sum(axis=1)
+            sumsq[block] = np.einsum("ij,ij->i", wide, wide)
+        lows[block] = values.min(axis=1)
+        highs[block] = values.max(axis=1)
+    return ColumnMoments(count=rows, sum=sums, sumsq=sumsq, min=lows, max=highs)
+
+
+@dataclass
+class EncodedColumns:
+    """One game column by column: floats (layout.num_floats, num_frames) float32 and ints (layout.num_ints,
+    num_frames) int16, each column one contiguous row; its repairs and the moments of its columns."""
+
+    floats: np.ndarray
+    ints: np.ndarray
+    stats: EncodeStats
+    float_moments: ColumnMoments
+    int_moments: ColumnMoments
+
+
+@dataclass
 class EncodedGame:
     """floats: (num_frames, layout.num_floats) float32; ints: (num_frames, layout.num_ints) int16."""
 
@@ -36,13 +97,14 @@ class EncodedGame:
 
 
 def _flag(word: np.ndarray, bit: int) -> np.ndarray:
-    return ((word >> np.uint64(bit)) & np.uint64(1)).astype(np.float32)
+    return (word & np.uint64(1 << bit)) != 0
 
 
 def player_float_features(raw: dict[str, np.ndarray], cfg: EncodingConfig) -> dict[str, np.ndarray]:
-    """Every per-player float field of the layout, scaled, from one player's parsed arrays."""
+    """Every per-player float field of the layout, scaled, from one player's parsed arrays. Binary fields are
+    bool arrays (stored as 0.0 / 1.0), so `encode_game` knows which columns hold only 0 and 1."""
     flags = raw["state_flags"]
-    in_hitstun = _flag(flags, STATE_FLAG_BITS["hit_stun"]) > 0
+    in_hitstun = _flag(flags, STATE_FLAG_BITS["hit_stun"])
     hitstun = np.where(in_hitstun, np.maximum(raw["misc_as"], 0.0), 0.0)
     sticks = {"main_x": raw["joystick_x"], "main_y": raw["joystick_y"], "c_x": raw["cstick_x"], "c_y": raw["cstick_y"]}
     out = {
@@ -55,9 +117,9 @@ def player_float_features(raw: dict[str, np.ndarray], cfg: EncodingConfig) -> di
         "hitstun": hitstun * cfg.hitstun_scale,
         "stocks": raw["stocks"] * cfg.stocks_scale,
         "combo_count": raw["combo_count"] * cfg.combo_count_scale,
-        "facing": (raw["direction"] > 0).astype(np.float32),
-        "on_ground": (raw["airborne"] == 0).astype(np.float32),
-        "invulnerable": (raw["hurtbox_state"] != 0).astype(np.float32),
+        "facing": raw["direction"] > 0,
+        "on_ground": raw["airborne"] == 0,
+        "invulnerable": raw["hurtbox_state"] != 0,
         **sticks,
         "trigger": raw["trigger"],
     }
@@ -66,13 +128,13 @@ def player_float_features(raw: dict[str, np.ndarray], cfg: EncodingConfig) -> di
     for name in cfg.state_flags:
         out[f"flag_{name}"] = _flag(flags, STATE_FLAG_BITS[name])
     for name in cfg.buttons:
-        out[f"button_{name}"] = ((raw["buttons"] & BUTTON_BITS[name]) != 0).astype(np.float32)
+        out[f"button_{name}"] = (raw["buttons"] & BUTTON_BITS[name]) != 0
     for name, axis, sign in STICK_THRESHOLD_FEATURES:
         value = sticks[axis]
         if sign == 0:
-            out[name] = (np.abs(value) >= cfg.stick_hard).astype(np.float32)
+            out[name] = np.abs(value) >= cfg.stick_hard
         else:
-            out[name] = (sign * value >= cfg.stick_deadzone).astype(np.float32)
+            out[name] = sign * value >= cfg.stick_deadzone
     return out
 
 
@@ -90,12 +152,16 @@ def player_int_features(raw: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     }
 
 
-def encode_game(game: ParsedGame, cfg: EncodingConfig, layout: Layout | None = None) -> EncodedGame:
-    """Encode both players' frames into the layout's columns, sanitising and counting bad values."""
+def encode_columns(game: ParsedGame, cfg: EncodingConfig, layout: Layout | None = None) -> EncodedColumns:
+    """Encode both players' frames into the layout's columns, sanitising and counting bad values.
+
+    Each column is filled as one contiguous row, where writes, the non-finite check and the moments are cheap;
+    `encode_game` (or the store, while writing a shard) transposes them into (frames, columns) order."""
     layout = layout or Layout(cfg)
     n = game.meta.num_frames
-    floats = np.empty((n, layout.num_floats), dtype=np.float32)
-    ints = np.empty((n, layout.num_ints), dtype=np.int16)
+    float_columns = np.empty((layout.num_floats, n), dtype=np.float32)
+    binary_ones: dict[int, int] = {}
+    int_columns = np.empty((layout.num_ints, n), dtype=np.int16)
     stats = EncodeStats()
     per_player_ints = []
     for player in range(NUM_PLAYERS):
@@ -104,22 +170,44 @@ def encode_game(game: ParsedGame, cfg: EncodingConfig, layout: Layout | None = N
         if player == 0 and set(features) != set(layout_fields := layout.player_float_fields):
             raise AssertionError(f"encoder fields {sorted(features)} != layout fields {sorted(layout_fields)}")
         for name, values in features.items():
-            floats[:, layout.player_float_index(player, name)] = values
+            index = layout.player_float_index(player, name)
+            float_columns[index] = values
+            if values.dtype == np.bool_:
+                binary_ones[index] = np.count_nonzero(values)
         per_player_ints.append(player_int_features(raw))
-    bad = ~np.isfinite(floats)
-    if bad.any():
-        for col in np.flatnonzero(bad.any(axis=0)):
-            stats.nonfinite[layout.float_columns[col].name] += int(bad[:, col].sum())
-        floats[bad] = 0.0
+    float_moments = column_moments(float_columns, binary_ones)
+    # A float64 sum of float32 values is finite exactly when every value is, so the sums find the columns to
+    # repair without another pass over the frames.
+    repair = np.flatnonzero(~np.isfinite(float_moments.sum))
+    for col in repair:
+        bad = ~np.isfinite(float_columns[col])
+        stats.nonfinite[layout.float_columns[col].name] += int(bad.sum())
+        float_columns[col, bad] = 0.0
+    if len(repair):
+        float_moments = column_moments(float_columns, binary_ones)
     for column in layout.int_columns:
         if column.field == STAGE_FIELD:
             ids = np.full(n, game.meta.stage, dtype=np.int64)
         else:
-            ids = per_player_ints[column.player][column.field].astype(np.int64)
+            ids = per_player_ints[column.player][column.field]
         vocab = min(column.vocab, INT16_MAX + 1)
         out_of_vocab = (ids < 0) | (ids >= vocab)
         if out_of_vocab.any():
             stats.clamped[column.name] += int(out_of_vocab.sum())
-            ids = np.clip(ids, 0, vocab - 1)
-        ints[:, column.index] = ids
-    return EncodedGame(floats=floats, ints=ints, stats=stats)
+            ids = np.clip(ids.astype(np.int64), 0, vocab - 1)
+        int_columns[column.index] = ids
+    return EncodedColumns(
+        floats=float_columns,
+        ints=int_columns,
+        stats=stats,
+        float_moments=float_moments,
+        int_moments=column_moments(int_columns),
+    )
+
+
+def encode_game(game: ParsedGame, cfg: EncodingConfig, layout: Layout | None = None) -> EncodedGame:
+    """Encode both players' frames into the layout's columns, sanitising and counting bad values."""
+    columns = encode_columns(game, cfg, layout)
+    return EncodedGame(
+        floats=np.ascontiguousarray(columns.floats.T), ints=np.ascontiguousarray(columns.ints.T), stats=columns.stats
+    )

@@ -8,7 +8,9 @@ Player display names and connect codes are never read.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -129,11 +131,26 @@ class ParsedGame:
 
 def file_md5(path: str | Path) -> str:
     """md5 of a file's bytes (the game's identity for dedupe and the train/val split)."""
-    digest = hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return hashlib.md5(Path(path).read_bytes(), usedforsecurity=False).hexdigest()
+
+
+class BackgroundMd5:
+    """`file_md5`, overlapped: the bytes are read now (raising OSError if they cannot be), then hashed on a
+    helper thread. hashlib releases the GIL for the whole call, so the hash runs on another core beside work that
+    holds the GIL, such as peppi's `read_slippi`; `result()` waits for it."""
+
+    def __init__(self, path: str | Path) -> None:
+        with open(path, "rb") as f:
+            data = f.read()
+        self._digest = hashlib.md5(usedforsecurity=False)
+        # Thread.start returns once the thread runs; it keeps the GIL until hashlib releases it, so the hash is
+        # already under way when the caller goes on.
+        self._thread = threading.Thread(target=self._digest.update, args=(data,), daemon=True)
+        self._thread.start()
+
+    def result(self) -> str:
+        self._thread.join()
+        return self._digest.hexdigest()
 
 
 def final_frame_indices(frame_ids: np.ndarray) -> np.ndarray:
@@ -149,12 +166,15 @@ def final_frame_indices(frame_ids: np.ndarray) -> np.ndarray:
     return len(frame_ids) - 1 - first_in_reversed
 
 
-def _final_rows(column: pa.Array, rows: pa.Array | None) -> np.ndarray:
-    """The finalized rows of one peppi column (`rows` None: the replay has no rollbacks, keep all)."""
-    return (column if rows is None else column.take(rows)).to_numpy()
+def _final_rows(column: pa.Array, rows: np.ndarray | None) -> np.ndarray:
+    """The finalized rows of one peppi column (`rows` None: the replay has no rollbacks, keep all).
+
+    peppi's columns have no nulls, so `to_numpy` is a zero-copy view and numpy gathers the rows."""
+    values = column.to_numpy()
+    return values if rows is None else values[rows]
 
 
-def _flag_word(parts: tuple[pa.Array, ...], rows: pa.Array | None) -> np.ndarray:
+def _flag_word(parts: tuple[pa.Array, ...], rows: np.ndarray | None) -> np.ndarray:
     """Combine the 5 per-byte state-flag arrays into one uint64 word per frame."""
     word = np.zeros(len(parts[0]) if rows is None else len(rows), dtype=np.uint64)
     for byte_index, part in enumerate(parts):
@@ -162,7 +182,7 @@ def _flag_word(parts: tuple[pa.Array, ...], rows: pa.Array | None) -> np.ndarray
     return word
 
 
-def _player_arrays(data: Any, rows: pa.Array | None, num_frames: int, missing: set[str]) -> dict[str, np.ndarray]:
+def _player_arrays(data: Any, rows: np.ndarray | None, num_frames: int, missing: set[str]) -> dict[str, np.ndarray]:
     out: dict[str, np.ndarray] = {}
     for name, accessor in FIELD_ACCESSORS.items():
         dtype = FIELD_DTYPES.get(name, np.float32)
@@ -177,11 +197,16 @@ def _player_arrays(data: Any, rows: pa.Array | None, num_frames: int, missing: s
     return out
 
 
-def parse_replay(path: str | Path, md5: str | None = None) -> ParsedGame:
-    """Read a `.slp` file into a `ParsedGame`; raises `ReplayError` with a reason for unusable files."""
+def parse_replay(path: str | Path, md5: str | BackgroundMd5 | None = None) -> ParsedGame:
+    """Read a `.slp` file into a `ParsedGame`; raises `ReplayError` with a reason for unusable files.
+
+    md5: the file's md5 when known; otherwise it is hashed in the background while peppi reads the file."""
     path = Path(path)
     if not path.is_file():
         raise ReplayError(path, "not a file")
+    if md5 is None:
+        with contextlib.suppress(OSError):  # an unreadable file is reported by peppi, just below
+            md5 = BackgroundMd5(path)
     try:
         game = peppi_py.read_slippi(str(path))
     except OSError as err:
@@ -199,12 +224,12 @@ def parse_replay(path: str | Path, md5: str | None = None) -> ParsedGame:
     except ValueError as err:
         raise ReplayError(path, str(err)) from None
     has_rollbacks = not np.array_equal(rows_np, np.arange(len(frame_ids)))  # re-sent or reordered rows
-    rows = pa.array(rows_np) if has_rollbacks else None
+    rows = rows_np if has_rollbacks else None
     missing: set[str] = set()
     arrays = tuple(_player_arrays(port.leader, rows, len(rows_np), missing) for port in game.frames.ports)
     meta = GameMeta(
         path=str(path),
-        md5=md5 or file_md5(path),
+        md5=md5.result() if isinstance(md5, BackgroundMd5) else md5 or file_md5(path),
         slippi_version=".".join(str(v) for v in game.start.slippi.version),
         stage=int(game.start.stage),
         characters=(int(players[0].character), int(players[1].character)),
