@@ -1,0 +1,120 @@
+"""`Batch`: context frames, next controller inputs and next-frame targets, built from gathered windows.
+
+A window is K + 1 consecutive frames s..s+K of one game. Position t (0 <= t < K) sees frames s..s+t and the
+controller of frame s+t+1, and predicts frame s+t+1. With P predicted positions (K or 1) the targets cover
+the last P positions, matching the last P positions of the model's (B, K, ...) outputs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from melee_wm.encoding.layout import NUM_PLAYERS, Layout, Target
+
+XY_FIELDS = ("x", "y")
+
+
+def map_tensors(obj, fn: Callable[[Tensor], Tensor]):
+    """Apply `fn` to every tensor in a (nested) dataclass / dict."""
+    if isinstance(obj, Tensor):
+        return fn(obj)
+    if isinstance(obj, dict):
+        return {k: map_tensors(v, fn) for k, v in obj.items()}
+    return type(obj)(**{f.name: map_tensors(getattr(obj, f.name), fn) for f in dataclasses.fields(obj)})
+
+
+class _TensorTree:
+    """`to` / `pin_memory` for a dataclass of tensors (what Lightning and the DataLoader call)."""
+
+    def to(self, device: torch.device | str, non_blocking: bool = False):
+        return map_tensors(self, lambda t: t.to(device, non_blocking=non_blocking))
+
+    def pin_memory(self):
+        return map_tensors(self, lambda t: t.pin_memory())
+
+
+@dataclass
+class Targets(_TensorTree):
+    """What the next frame is, and what the current frame was, at each of the P predicted positions.
+
+    floats: group -> (B, P, width) per `layout.target_float_groups`: DELTA groups next - current, ABSOLUTE and
+        BINARY groups the next value.
+    categorical: field -> (B, P, 2) long ids of the next frame, per `layout.categorical_targets`.
+    current_floats: group -> (B, P, width) the current frame's values (to turn predicted deltas into values).
+    current_categorical: field -> (B, P, 2) long ids of the current frame (for change accuracy).
+    """
+
+    floats: dict[str, Tensor]
+    categorical: dict[str, Tensor]
+    current_floats: dict[str, Tensor]
+    current_categorical: dict[str, Tensor]
+
+
+@dataclass
+class Batch(_TensorTree):
+    """floats: (B, K, num_floats) and ints: (B, K, num_ints) context frames s..s+K-1 (ints keep the store's
+    dtype); next_ctrl: (B, P, num_ctrl) controller columns of the frame after each predicted position."""
+
+    floats: Tensor
+    ints: Tensor
+    next_ctrl: Tensor
+    targets: Targets
+
+    @property
+    def num_positions(self) -> int:
+        return self.next_ctrl.shape[1]
+
+
+def build_batch(window_floats: Tensor, window_ints: Tensor, layout: Layout, num_positions: int) -> Batch:
+    """Split gathered windows into context and targets, on whatever device they live on.
+
+    window_floats: (B, K + 1, num_floats); window_ints: (B, K + 1, num_ints); num_positions: P, 1 <= P <= K.
+    """
+    k = window_floats.shape[1] - 1
+    if not 1 <= num_positions <= k:
+        raise ValueError(f"num_positions must be in [1, {k}] for windows of {k + 1} frames, got {num_positions}")
+    cur_f = window_floats[:, k - num_positions : k]
+    nxt_f = window_floats[:, k - num_positions + 1 :]
+    ids = window_ints[:, k - num_positions :].long()  # one conversion; current and next ids are views of it
+    # One subtraction over the columns spanned by the DELTA groups (adjacent in the layout); groups are views.
+    spans = [layout.float_slice(g) for g in layout.target_float_groups if layout.float_target(g) == Target.DELTA]
+    lo, hi = min(s.start for s in spans), max(s.stop for s in spans)
+    delta = nxt_f[..., lo:hi] - cur_f[..., lo:hi]
+    floats, current_floats = {}, {}
+    for group in layout.target_float_groups:
+        cols = layout.float_slice(group)
+        current_floats[group] = cur_f[..., cols]
+        is_delta = layout.float_target(group) == Target.DELTA
+        floats[group] = delta[..., cols.start - lo : cols.stop - lo] if is_delta else nxt_f[..., cols]
+    categorical = {f: ids[:, 1:, layout.int_slice(f)] for f in layout.categorical_targets}
+    current_categorical = {f: ids[:, :-1, layout.int_slice(f)] for f in layout.categorical_targets}
+    return Batch(
+        floats=window_floats[:, :k],
+        ints=window_ints[:, :k],
+        next_ctrl=nxt_f[..., layout.float_slice("controller")],
+        targets=Targets(floats, categorical, current_floats, current_categorical),
+    )
+
+
+def xy_index(layout: Layout, group: str = "continuous") -> Tensor:
+    """(2 players, 2 coords) positions of the x and y columns inside a float group's slice."""
+    start = layout.float_slice(group).start
+    return torch.tensor(
+        [[layout.float_index(f"p{p}.{c}") - start for c in XY_FIELDS] for p in range(NUM_PLAYERS)], dtype=torch.long
+    )
+
+
+def select_xy(group_values: Tensor, layout: Layout) -> Tensor:
+    """group_values: (..., width) of the `continuous` group -> (..., 2 players, 2 coords) x and y."""
+    return group_values[..., xy_index(layout).to(group_values.device)]
+
+
+def next_values(layout: Layout, group: str, values: Tensor, current: Tensor) -> Tensor:
+    """Next-frame values of a target float group from a target or prediction `values` (..., width): DELTA
+    groups add the current frame's `current` (..., width), the others already are next-frame values."""
+    return current + values if layout.float_target(group) == Target.DELTA else values

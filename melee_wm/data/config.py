@@ -1,0 +1,57 @@
+"""`DataConfig`: which store to read, how windows are cut and split, and how batches are loaded.
+
+Plain types only, so it can be the Hydra schema of `conf/data/*.yaml`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class DataConfig:
+    """Windows of `context_len + 1` frames from the store at `store`, split by game into train and val."""
+
+    store: str = "data/store"  # directory holding manifest.json and the shards
+    context_len: int = 30  # K: context frames per window (a window holds K + 1 frames)
+    multi_position: bool = True  # predict the next frame at every context position (P = K), else the last (P = 1)
+    val_fraction: float = 0.1  # share of games (by md5 hash) in the validation split
+    split_salt: str = ""  # mixed into the split hash; changing it draws a different split
+    batch_size: int = 512
+    num_workers: int = 0
+    pin_memory: bool = False
+    persistent_workers: bool = False
+    seed: int = 0  # shuffling seed (each epoch reshuffles with seed + epoch)
+    device_resident: bool = False  # move the arrays to the training device once and gather there
+
+    def __post_init__(self) -> None:
+        def fail(key: str, msg: str) -> None:
+            raise ValueError(f"DataConfig.{key}: {msg}")
+
+        if self.context_len < 1:
+            fail("context_len", f"must be >= 1, got {self.context_len}")
+        if not 0.0 <= self.val_fraction <= 1.0:
+            fail("val_fraction", f"must be in [0, 1], got {self.val_fraction}")
+        if self.batch_size < 1:
+            fail("batch_size", f"must be >= 1, got {self.batch_size}")
+        if self.num_workers < 0:
+            fail("num_workers", f"must be >= 0, got {self.num_workers}")
+        if self.persistent_workers and self.num_workers == 0:
+            fail("persistent_workers", "needs num_workers > 0")
+        if self.device_resident and self.num_workers > 0:
+            fail(
+                "device_resident",
+                f"gathers on the device in the main process; set num_workers=0 (got {self.num_workers})",
+            )
+        if self.device_resident and self.pin_memory:
+            fail("pin_memory", "has no use with device_resident=True (batches are already on the device)")
+
+    @property
+    def window_len(self) -> int:
+        """Frames per window: K context frames plus the frame after the last one."""
+        return self.context_len + 1
+
+    @property
+    def num_positions(self) -> int:
+        """P: predicted positions per window."""
+        return self.context_len if self.multi_position else 1
