@@ -1,0 +1,90 @@
+"""`ModelConfig`: the architecture of a world model (the Hydra schema of `conf/model/*.yaml`).
+
+Only plain types, lists and dicts, so `OmegaConf.structured(ModelConfig)` can type-check every YAML key.
+Sizes that follow from the data (column counts, vocabularies) are not here: they come from the `Layout`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+ARCHS = ("mamba2", "mlp")
+BACKENDS = ("torch", "mamba_ssm")
+
+
+@dataclass
+class ModelConfig:
+    """Trunk, embeddings, heads and regularisation of a world model. Defaults are the `mamba2_base` preset."""
+
+    arch: str = "mamba2"  # "mamba2" (SSM trunk) or "mlp" (frame-stack baseline)
+    d_model: int = 384  # width of the trunk and of the heads' input
+    # Mamba-2 trunk.
+    n_layers: int = 4
+    d_state: int = 64
+    d_conv: int = 4
+    expand: int = 2
+    headdim: int = 64
+    ngroups: int = 1
+    chunk_size: int = 15
+    backend: str = "torch"  # "torch" (pure PyTorch, any device) or "mamba_ssm" (fused CUDA kernels)
+    dt_min: float = 0.001
+    dt_max: float = 0.1
+    norm_eps: float = 1e-5
+    # Embedding width of every categorical int field (one table per field, shared by both players) ...
+    embed_dim: int = 16
+    # ... except the fields named here (keys are `Layout.int_fields` names; checked when the model is built).
+    embed_dims: dict[str, int] = field(default_factory=lambda: {"action": 64})
+    # Hidden width of the residual MLP between the controller injection and the output heads.
+    head_hidden: int = 384
+    # Regularisation (all off by default). unimix: share of the uniform distribution mixed into every
+    # categorical prediction (log-probs then never fall below log(unimix / vocab)).
+    dropout: float = 0.0
+    layer_dropout: float = 0.0  # stochastic depth: chance that a residual block is skipped, per sample (train)
+    unimix: float = 0.0
+    # Frame-stack MLP baseline: frames seen per prediction, hidden layer widths.
+    mlp_frames: int = 4
+    mlp_hidden: list[int] = field(default_factory=lambda: [1024, 1024])
+
+    def __post_init__(self) -> None:
+        def fail(key: str, msg: str) -> None:
+            raise ValueError(f"ModelConfig.{key}: {msg}")
+
+        if self.arch not in ARCHS:
+            fail("arch", f"got {self.arch!r}, expected one of {list(ARCHS)}")
+        if self.backend not in BACKENDS:
+            fail("backend", f"got {self.backend!r}, expected one of {list(BACKENDS)}")
+        for key in ("d_model", "n_layers", "d_state", "d_conv", "expand", "headdim", "ngroups", "chunk_size"):
+            if getattr(self, key) < 1:
+                fail(key, f"must be >= 1, got {getattr(self, key)}")
+        for key in ("embed_dim", "head_hidden", "mlp_frames"):
+            if getattr(self, key) < 1:
+                fail(key, f"must be >= 1, got {getattr(self, key)}")
+        d_inner = self.d_model * self.expand
+        if d_inner % self.headdim:
+            fail("headdim", f"d_model * expand = {d_inner} must be divisible by headdim = {self.headdim}")
+        nheads = d_inner // self.headdim
+        if nheads % self.ngroups:
+            fail("ngroups", f"the number of heads ({nheads} = d_model*expand/headdim) must be divisible by it")
+        if not 0 < self.dt_min < self.dt_max:
+            fail("dt_min", f"need 0 < dt_min < dt_max, got dt_min={self.dt_min}, dt_max={self.dt_max}")
+        for key in ("dropout", "layer_dropout", "unimix"):
+            if not 0.0 <= getattr(self, key) < 1.0:
+                fail(key, f"must be in [0, 1), got {getattr(self, key)}")
+        self.embed_dims = dict(self.embed_dims)
+        bad = {k: v for k, v in self.embed_dims.items() if v < 1}
+        if bad:
+            fail("embed_dims", f"dimensions must be >= 1, got {bad}")
+        self.mlp_hidden = list(self.mlp_hidden)
+        if self.arch == "mlp" and not self.mlp_hidden:
+            fail("mlp_hidden", "the mlp arch needs at least one hidden layer width")
+        if any(h < 1 for h in self.mlp_hidden):
+            fail("mlp_hidden", f"widths must be >= 1, got {self.mlp_hidden}")
+
+    @property
+    def nheads(self) -> int:
+        """Number of Mamba-2 heads per layer."""
+        return self.d_model * self.expand // self.headdim
+
+    def embed_dim_of(self, field_name: str) -> int:
+        """Embedding width of int field `field_name`."""
+        return self.embed_dims.get(field_name, self.embed_dim)

@@ -1,0 +1,94 @@
+"""Prediction heads shared by every trunk, and the `Prediction` they return.
+
+The trunk's feature at position t summarises frames <= t. The controller input of frame t+1 is projected to
+d_model and added to it; a pre-norm residual MLP then mixes the two (so the controller's effect can depend on
+the game state), and one linear layer produces every head's output at once, split by the layout's widths.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from melee_wm.encoding.layout import NUM_PLAYERS, Layout
+from melee_wm.model.config import ModelConfig
+
+
+@dataclass
+class Prediction:
+    """Predictions for the next frame at every position (or one position, from `step`).
+
+    floats: group -> (..., width) for each `layout.target_float_groups` group, columns in layout order:
+        DELTA groups predict next - current, ABSOLUTE groups the next value, `binary` holds logits.
+    categorical: field -> (..., 2, vocab) unnormalised logits, player 0 first.
+    unimix: share of the uniform distribution mixed into the categorical distributions; use `log_probs`
+        (never raw logits) for losses and metrics so the mixing is always applied.
+    """
+
+    floats: dict[str, Tensor]
+    categorical: dict[str, Tensor]
+    unimix: float = 0.0
+
+    def log_probs(self, field: str) -> Tensor:
+        """(..., 2, vocab) log of (1 - unimix) * softmax(logits) + unimix / vocab."""
+        logp = F.log_softmax(self.categorical[field], dim=-1)
+        if self.unimix == 0.0:
+            return logp
+        vocab = logp.shape[-1]
+        return torch.logaddexp(logp + math.log1p(-self.unimix), torch.full_like(logp, math.log(self.unimix / vocab)))
+
+    def probs(self, field: str) -> Tensor:
+        """(..., 2, vocab) probabilities, unimix applied."""
+        return self.log_probs(field).exp()
+
+
+class PredictionHeads(nn.Module):
+    """Controller injection, a residual MLP, and one fused output layer split into per-target heads."""
+
+    def __init__(self, cfg: ModelConfig, layout: Layout) -> None:
+        super().__init__()
+        d = cfg.d_model
+        ctrl = layout.float_slice("controller")
+        self.num_ctrl = ctrl.stop - ctrl.start
+        self.unimix = cfg.unimix
+        self.ctrl_proj = nn.Linear(self.num_ctrl, d)
+        self.norm = nn.RMSNorm(d, eps=cfg.norm_eps)
+        self.fc1 = nn.Linear(d, cfg.head_hidden)
+        self.fc2 = nn.Linear(cfg.head_hidden, d)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.out_norm = nn.RMSNorm(d, eps=cfg.norm_eps)
+        # Output layout: float groups (width = both players' columns), then categorical fields (2 * vocab).
+        self.float_widths = {
+            g: layout.float_slice(g).stop - layout.float_slice(g).start for g in layout.target_float_groups
+        }
+        self.float_kinds = {g: layout.float_target(g).value for g in layout.target_float_groups}
+        self.vocabs = {f: layout.int_vocab(f) for f in layout.categorical_targets}
+        self.widths = [*self.float_widths.values(), *(NUM_PLAYERS * v for v in self.vocabs.values())]
+        self.out = nn.Linear(d, sum(self.widths))
+
+    def forward(self, h: Tensor, next_ctrl: Tensor) -> Prediction:
+        """h: (..., d_model) trunk features; next_ctrl: (..., num_ctrl) controller of the predicted frame."""
+        if next_ctrl.shape[-1] != self.num_ctrl:
+            raise ValueError(
+                f"PredictionHeads: next_ctrl must have the layout's {self.num_ctrl} controller columns, "
+                f"got shape {tuple(next_ctrl.shape)}"
+            )
+        z = h + self.ctrl_proj(next_ctrl)
+        z = z + self.dropout(self.fc2(F.gelu(self.fc1(self.norm(z)))))
+        parts = self.out(self.out_norm(z)).split(self.widths, dim=-1)
+        n = len(self.float_widths)
+        floats = dict(zip(self.float_widths, parts[:n], strict=True))
+        categorical = {
+            f: p.unflatten(-1, (NUM_PLAYERS, v)) for (f, v), p in zip(self.vocabs.items(), parts[n:], strict=True)
+        }
+        return Prediction(floats=floats, categorical=categorical, unimix=self.unimix)
+
+    def describe(self) -> list[str]:
+        """One line per head: name, kind and output shape per position."""
+        lines = [f"float {g} ({self.float_kinds[g]}): width {w}" for g, w in self.float_widths.items()]
+        lines += [f"categorical {f}: {NUM_PLAYERS} x {v}" for f, v in self.vocabs.items()]
+        return lines

@@ -1,0 +1,127 @@
+"""The Mamba-2 world model: embed each frame, run a stack of residual Mamba-2 blocks, predict the next frame.
+
+Position t sees frames <= t (the trunk is causal) plus the controller input of frame t+1 (added in the heads),
+and predicts frame t+1. `forward` over a window and repeated `step` over the same frames give the same
+predictions; both carry a list of per-layer `Mamba2State`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from melee_wm.encoding.layout import Layout
+from melee_wm.model.config import ModelConfig
+from melee_wm.model.embedding import FrameEmbedding
+from melee_wm.model.heads import Prediction, PredictionHeads
+from melee_wm.model.mamba2 import Mamba2, Mamba2State
+from melee_wm.model.mlp import FrameStackMLP
+from melee_wm.model.summary import model_summary
+
+
+def drop_path(x: Tensor, p: float, training: bool) -> Tensor:
+    """Stochastic depth: zero a residual branch per sample with probability p (train only), rescale the rest.
+
+    x: (batch, ...) branch output.
+    """
+    if not training or p == 0.0:
+        return x
+    keep = torch.empty((x.shape[0],) + (1,) * (x.dim() - 1), device=x.device, dtype=x.dtype).bernoulli_(1 - p)
+    return x * keep / (1 - p)
+
+
+class ResidualBlock(nn.Module):
+    """x + drop(Mamba2(RMSNorm(x))), with the mixer's recurrent state passed through."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.mixer = Mamba2(
+            cfg.d_model,
+            d_state=cfg.d_state,
+            d_conv=cfg.d_conv,
+            expand=cfg.expand,
+            headdim=cfg.headdim,
+            ngroups=cfg.ngroups,
+            chunk_size=cfg.chunk_size,
+            dt_min=cfg.dt_min,
+            dt_max=cfg.dt_max,
+            norm_eps=cfg.norm_eps,
+            backend=cfg.backend,
+        )
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.layer_dropout = cfg.layer_dropout
+
+    def _add(self, x: Tensor, branch: Tensor) -> Tensor:
+        return x + drop_path(self.dropout(branch), self.layer_dropout, self.training)
+
+    def forward(self, x: Tensor, state: Mamba2State | None) -> tuple[Tensor, Mamba2State]:
+        """x: (batch, seqlen, d_model)."""
+        y, state = self.mixer(self.norm(x), state)
+        return self._add(x, y), state
+
+    def step(self, x: Tensor, state: Mamba2State) -> tuple[Tensor, Mamba2State]:
+        """x: (batch, d_model)."""
+        y, state = self.mixer.step(self.norm(x), state)
+        return self._add(x, y), state
+
+
+class WorldModel(nn.Module):
+    """Frame embedding -> input projection -> n_layers residual Mamba-2 blocks -> final norm -> heads."""
+
+    def __init__(self, cfg: ModelConfig, layout: Layout) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.embed = FrameEmbedding(cfg, layout)
+        self.in_proj = nn.Linear(self.embed.out_dim, cfg.d_model)
+        self.in_dropout = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(ResidualBlock(cfg) for _ in range(cfg.n_layers))
+        self.norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.heads = PredictionHeads(cfg, layout)
+
+    def init_state(
+        self, batch: int, device: torch.device | None = None, dtype: torch.dtype | None = None
+    ) -> list[Mamba2State]:
+        """Zero recurrent state (one `Mamba2State` per layer), i.e. the state before the first frame."""
+        p = self.in_proj.weight
+        return [b.mixer.init_state(batch, device=device or p.device, dtype=dtype or p.dtype) for b in self.blocks]
+
+    def forward(
+        self, floats: Tensor, ints: Tensor, next_ctrl: Tensor, state: list[Mamba2State] | None = None
+    ) -> tuple[Prediction, list[Mamba2State]]:
+        """floats: (B, L, num_floats); ints: (B, L, num_ints); next_ctrl: (B, L, num_ctrl), row t = the
+        controller columns of frame t+1. state: per-layer state before frame 0 (None = zeros).
+        Returns predictions of frame t+1 at every position t, and the state after the last frame."""
+        x = self.in_dropout(self.in_proj(self.embed(floats, ints)))
+        states = [None] * len(self.blocks) if state is None else state
+        new_states = []
+        for block, s in zip(self.blocks, states, strict=True):
+            x, s = block(x, s)
+            new_states.append(s)
+        return self.heads(self.norm(x), next_ctrl), new_states
+
+    def step(
+        self, floats_t: Tensor, ints_t: Tensor, next_ctrl_t: Tensor, state: list[Mamba2State]
+    ) -> tuple[Prediction, list[Mamba2State]]:
+        """One frame: floats_t (B, num_floats), ints_t (B, num_ints), next_ctrl_t (B, num_ctrl)."""
+        x = self.in_dropout(self.in_proj(self.embed(floats_t, ints_t)))
+        new_states = []
+        for block, s in zip(self.blocks, state, strict=True):
+            x, s = block.step(x, s)
+            new_states.append(s)
+        return self.heads(self.norm(x), next_ctrl_t), new_states
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def summary(self) -> str:
+        return model_summary(self, self.cfg)
+
+
+def build_model(cfg: ModelConfig, layout: Layout, context_len: int) -> nn.Module:
+    """The model `cfg.arch` names; `context_len` (the data's K) bounds the MLP's frame stack."""
+    if cfg.arch == "mamba2":
+        return WorldModel(cfg, layout)
+    if cfg.arch == "mlp":
+        return FrameStackMLP(cfg, layout, context_len)
+    raise ValueError(f"ModelConfig.arch: unknown {cfg.arch!r}")

@@ -1,0 +1,188 @@
+"""Training-step throughput of `mamba2_base` on CPU, and its FLOP rate relative to this machine's fp32 matmul.
+
+One step = forward, loss, backward, AdamW update on a (batch, K) window of synthetic frames in the layout's
+shapes. FLOPs counted = 2 x multiply-adds of every `nn.Linear` the forward runs (hooks count them), x3 for
+forward + backward. The matmul rate is a large square `torch.mm`, measured interleaved with the steps.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+from torch import nn
+
+from melee_wm.encoding import EncodingConfig, Layout
+from melee_wm.model.config import ModelConfig
+from melee_wm.model.world_model import build_model
+
+PRESET = Path(__file__).resolve().parents[2] / "conf" / "model" / "mamba2_base.yaml"
+CONTEXT = 30
+TARGET = 0.5
+
+
+def synthetic_batch(layout: Layout, batch: int, seqlen: int, seed: int = 0):
+    """floats (B, L, F), int16 ids (B, L, I), next_ctrl (B, L, C) and random targets of the same shapes."""
+    g = torch.Generator().manual_seed(seed)
+    floats = torch.randn(batch, seqlen + 1, layout.num_floats, generator=g)
+    ints = (torch.rand(batch, seqlen + 1, layout.num_ints, generator=g) * torch.tensor(layout.int_vocabs)).long()
+    ints = ints.to(torch.int16)
+    next_ctrl = floats[:, 1:, layout.float_slice("controller")]
+    float_targets = {g_: floats[:, 1:, layout.float_slice(g_)].clone() for g_ in layout.target_float_groups}
+    float_targets["binary"] = (float_targets["binary"] > 0).float()
+    cat_targets = {f: ints[:, 1:, layout.int_slice(f)].long() for f in layout.categorical_targets}
+    return floats[:, :-1].contiguous(), ints[:, :-1].contiguous(), next_ctrl.contiguous(), float_targets, cat_targets
+
+
+def loss_fn(pred, float_targets, cat_targets) -> torch.Tensor:
+    """A loss touching every head (MSE / BCE / NLL), standing in for the training code's."""
+    loss = F.binary_cross_entropy_with_logits(pred.floats["binary"], float_targets["binary"])
+    for g, target in float_targets.items():
+        if g != "binary":
+            loss = loss + F.mse_loss(pred.floats[g], target)
+    for f, target in cat_targets.items():
+        logp = pred.log_probs(f)
+        loss = loss + F.nll_loss(logp.flatten(0, -2), target.flatten())
+    return loss
+
+
+def count_linear_macs(model: nn.Module, *inputs: torch.Tensor) -> int:
+    """Multiply-adds of every nn.Linear call in one forward over `inputs`."""
+    total = 0
+
+    def hook(module: nn.Linear, args, _output) -> None:
+        nonlocal total
+        total += args[0].numel() // module.in_features * module.in_features * module.out_features
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.Linear)]
+    with torch.no_grad():
+        model(*inputs)
+    for h in handles:
+        h.remove()
+    return total
+
+
+def matmul_flops_per_s(n: int, reps: int) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)
+    start = time.perf_counter()
+    for _ in range(reps):
+        torch.mm(a, b)
+    return 2 * n**3 * reps / (time.perf_counter() - start)
+
+
+def run(quick: bool) -> Iterator[dict]:
+    torch.manual_seed(0)
+    batch = 32 if quick else 256
+    rounds = 2 if quick else 5
+    steps_per_round = 1 if quick else 2
+    layout = Layout(EncodingConfig())
+    cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ModelConfig), OmegaConf.load(PRESET)))
+    model = build_model(cfg, layout, CONTEXT).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)  # fused: one kernel for all parameters
+    floats, ints, next_ctrl, float_targets, cat_targets = synthetic_batch(layout, batch, CONTEXT)
+    macs = count_linear_macs(model, floats, ints, next_ctrl)
+    flops_per_step = 2 * macs * 3
+    yield {
+        "name": "setup",
+        "preset": PRESET.stem,
+        "params": model.num_parameters(),
+        "batch": batch,
+        "context": CONTEXT,
+        "threads": torch.get_num_threads(),
+        "linear_macs_forward": macs,
+        "flops_per_step": flops_per_step,
+    }
+
+    def train_step() -> None:
+        pred, _ = model(floats, ints, next_ctrl)
+        loss = loss_fn(pred, float_targets, cat_targets)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    # The Mamba-2 mixers alone (forward + backward on inputs of the same shape), to split the step's time.
+    mixer_inputs = [torch.randn(batch, CONTEXT, cfg.d_model) for _ in model.blocks]
+    mixer_macs = sum(count_linear_macs(b.mixer, x) for b, x in zip(model.blocks, mixer_inputs, strict=True))
+
+    def mixers_step() -> None:
+        for block, x in zip(model.blocks, mixer_inputs, strict=True):
+            y, _ = block.mixer(x.detach().requires_grad_())
+            y.backward(torch.ones_like(y))
+
+    train_step()  # warm-up (allocations, AdamW state)
+    mixers_step()
+    # Rounds of [matmul rate, steps, mixers]: the machine is shared and noisy, so each round's steps are
+    # compared with the matmul rate measured next to them, and the summary takes the median round.
+    rounds_out = []
+    for _ in range(rounds):
+        mm = matmul_flops_per_s(1024 if quick else 2048, 3 if quick else 10)
+        steps = []
+        for _ in range(steps_per_round):
+            start = time.perf_counter()
+            train_step()
+            steps.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        mixers_step()
+        rounds_out.append({"matmul": mm, "step_s": min(steps), "mixers_s": time.perf_counter() - start})
+    for r in rounds_out:
+        r["ratio"] = flops_per_step / r["step_s"] / r["matmul"]
+    yield {
+        "name": "rounds",
+        "rounds": [
+            {"matmul_gflop_s": r["matmul"] / 1e9, "step_s": r["step_s"], "mixers_s": r["mixers_s"], "ratio": r["ratio"]}
+            for r in rounds_out
+        ],
+    }
+    median = sorted(rounds_out, key=lambda r: r["ratio"])[len(rounds_out) // 2]
+    step_s, mixers_s, mm = median["step_s"], median["mixers_s"], median["matmul"]
+    achieved = flops_per_step / step_s
+    yield {"name": "matmul_fp32", "gflop_s": mm / 1e9}
+    yield {
+        "name": "train_step",
+        "step_s": step_s,
+        "samples_per_s": batch / step_s,
+        "frames_per_s": batch * CONTEXT / step_s,
+        "gflop_s": achieved / 1e9,
+    }
+    rest_flops = flops_per_step - 6 * mixer_macs
+    yield {
+        "name": "breakdown",
+        "mixers_s": mixers_s,
+        "mixers_ideal_s": 6 * mixer_macs / mm,
+        "mixers_ratio": 6 * mixer_macs / mixers_s / mm,
+        "rest_s": step_s - mixers_s,
+        "rest_ideal_s": rest_flops / mm,
+        "rest_ratio": rest_flops / max(step_s - mixers_s, 1e-9) / mm,
+        "note": "mixers = the n_layers Mamba2 blocks fwd+bwd; rest = embedding, norms, heads, loss, AdamW",
+    }
+
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        train_step()
+    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total_us = sum(e.self_cpu_time_total for e in events)
+    top = [
+        {
+            "op": e.key,
+            "self_ms": round(e.self_cpu_time_total / 1e3, 1),
+            "share": round(e.self_cpu_time_total / total_us, 3),
+        }
+        for e in events[:12]
+    ]
+    yield {"name": "profile_top_ops", "total_ms": round(total_us / 1e3, 1), "ops": top}
+
+    ratio = median["ratio"]
+    yield {
+        "name": "summary",
+        "samples_per_s": batch / step_s,
+        "achieved_gflop_s": achieved / 1e9,
+        "matmul_gflop_s": mm / 1e9,
+        "ratio": ratio,
+        "target": TARGET,
+        "best_round_ratio": max(r["ratio"] for r in rounds_out),
+        "passed": ratio >= TARGET,
+    }
