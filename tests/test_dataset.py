@@ -134,7 +134,7 @@ def test_multi_position_targets_match_raw_rows(sample_store):
     ctrl = LAYOUT.float_slice("controller")
     act = LAYOUT.int_slice("action")
     assert b.floats.shape == (64, k, LAYOUT.num_floats) and b.next_ctrl.shape == (64, k, ctrl.stop - ctrl.start)
-    assert b1.next_ctrl.shape[1] == 1 and b1.targets.categorical["action"].shape == (64, 1, 2)
+    assert b1.next_ctrl.shape[1] == k and b1.num_positions == 1 and b1.targets.categorical["action"].shape == (64, 1, 2)
     for row, (s, r) in enumerate(zip(shard.tolist(), start.tolist(), strict=True)):
         f = torch.from_numpy(np.asarray(sample_store.shards[s].floats[r : r + k + 1]))
         i = torch.from_numpy(np.asarray(sample_store.shards[s].ints[r : r + k + 1])).long()

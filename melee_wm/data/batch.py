@@ -58,7 +58,8 @@ class Targets(_TensorTree):
 @dataclass
 class Batch(_TensorTree):
     """floats: (B, K, num_floats) and ints: (B, K, num_ints) context frames s..s+K-1 (ints keep the store's
-    dtype); next_ctrl: (B, P, num_ctrl) controller columns of the frame after each predicted position."""
+    dtype); next_ctrl: (B, K, num_ctrl) controller columns of frames s+1..s+K, i.e. of the frame after every
+    context position (the model's forward runs every position; targets cover the last P of them)."""
 
     floats: Tensor
     ints: Tensor
@@ -67,7 +68,8 @@ class Batch(_TensorTree):
 
     @property
     def num_positions(self) -> int:
-        return self.next_ctrl.shape[1]
+        """P: positions with targets (the last P of the K)."""
+        return next(iter(self.targets.categorical.values())).shape[1]
 
 
 def build_batch(window_floats: Tensor, window_ints: Tensor, layout: Layout, num_positions: int) -> Batch:
@@ -96,7 +98,7 @@ def build_batch(window_floats: Tensor, window_ints: Tensor, layout: Layout, num_
     return Batch(
         floats=window_floats[:, :k],
         ints=window_ints[:, :k],
-        next_ctrl=nxt_f[..., layout.float_slice("controller")],
+        next_ctrl=window_floats[:, 1:, layout.float_slice("controller")],
         targets=Targets(floats, categorical, current_floats, current_categorical),
     )
 
