@@ -8,12 +8,22 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 from rich.console import Console
+from rich.table import Table
 
-from melee_wm.data.store import StoreConfigError, StoreError, StoreFilters, build_store, open_store, print_summary
-from melee_wm.encoding.config import EncodingConfig
+from melee_wm.data.baseline import persistence_baseline
+from melee_wm.data.config import DataConfig
+from melee_wm.data.dataset import MeleeDataset
+from melee_wm.data.store import (
+    Store,
+    StoreConfigError,
+    StoreError,
+    StoreFilters,
+    build_store,
+    open_store,
+    print_summary,
+)
+from melee_wm.encoding.config import EncodingConfig, load_encoding_config
 from melee_wm.samples import SampleReplaysError, fetch_samples, sample_dir
 
 DEMO_STORE = Path("runs/demo/store")
@@ -23,34 +33,16 @@ class CLIError(Exception):
     """An error reported as one line on stderr with a non-zero exit code."""
 
 
-def load_encoding_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> EncodingConfig:
-    """EncodingConfig from the dataclass defaults, a YAML file merged on top, then `key=value` overrides.
-
-    The dataclass is the schema: an unknown key or a value of the wrong type is an error naming it.
-    """
-    layers = [OmegaConf.structured(EncodingConfig)]
-    source = "defaults"
-    try:
-        if path is not None:
-            source = str(path)
-            if not Path(path).is_file():
-                raise CLIError(f"encoding config not found: {path}")
-            layers.append(OmegaConf.load(path))
-        if overrides:
-            source = f"--set {' '.join(overrides)}"
-            layers.append(OmegaConf.from_dotlist(list(overrides)))
-        return OmegaConf.to_object(OmegaConf.merge(*layers))
-    except (OmegaConfBaseException, ValueError) as err:
-        raise CLIError(f"invalid encoding config ({source}): {err}") from None
-
-
 def _cmd_samples(args: argparse.Namespace, console: Console) -> None:
     folder = fetch_samples(Path(args.dest)) if args.dest else sample_dir(fetch=True)
     console.print(str(folder), soft_wrap=True)
 
 
 def _cmd_encode(args: argparse.Namespace, console: Console) -> None:
-    cfg = load_encoding_config(args.encoding, args.set)
+    try:
+        cfg = load_encoding_config(args.encoding, args.set)
+    except ValueError as err:
+        raise CLIError(str(err)) from None
     filters = StoreFilters(
         stages=args.stages,
         characters=args.characters,
@@ -77,11 +69,39 @@ def _cmd_info(args: argparse.Namespace, console: Console) -> None:
     print_summary(store.manifest, console, details=True)
 
 
+def print_baseline(store: Store, data_cfg: DataConfig, split: str, console: Console) -> None:
+    """Score the persistence baseline ("nothing changes") on a split of the store and print it as a table."""
+    dataset = MeleeDataset.from_store(store, split, data_cfg)
+    if len(dataset) == 0:
+        raise CLIError(
+            f"store {store.path}: split {split!r} has no window of {data_cfg.window_len} frames "
+            f"({dataset.num_games} games, val_fraction={data_cfg.val_fraction})"
+        )
+    scores = persistence_baseline(dataset)
+    table = Table(title=f"persistence baseline, split {split!r}: {dataset.num_games} games, {len(dataset):,} windows")
+    for name in ("metric", "p0", "p1", "all"):
+        table.add_column(name, justify="left" if name == "metric" else "right")
+    for metric in ("change_acc", "pos_mae"):
+        table.add_row(metric, *(f"{scores[f'{metric}/{k}']:.4f}" for k in ("p0", "p1", "all")))
+    console.print(table)
+
+
+def _cmd_baseline(args: argparse.Namespace, console: Console) -> None:
+    data_cfg = DataConfig(
+        store=args.store,
+        context_len=args.context_len,
+        multi_position=not args.last_position_only,
+        val_fraction=args.val_fraction,
+    )
+    print_baseline(open_store(args.store), data_cfg, args.split, console)
+
+
 def _cmd_demo(args: argparse.Namespace, console: Console) -> None:
     replays = sample_dir(fetch=True)
     console.print(f"sample replays: {replays}", soft_wrap=True)
-    build_store([replays], args.out, EncodingConfig(), workers=args.workers, progress=True)
+    store = build_store([replays], args.out, EncodingConfig(), workers=args.workers, progress=True)
     console.print(f"store written to {args.out}", soft_wrap=True)
+    print_baseline(store, DataConfig(store=str(args.out)), "all", console)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -114,7 +134,15 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("store")
     info.set_defaults(func=_cmd_info)
 
-    demo = sub.add_parser("demo", help="sample replays -> store -> summary")
+    baseline = sub.add_parser("baseline", help="score the persistence baseline (nothing changes) on a split")
+    baseline.add_argument("store")
+    baseline.add_argument("--split", choices=("train", "val", "all"), default="val")
+    baseline.add_argument("--context-len", type=int, default=DataConfig.context_len, help="K frames of context")
+    baseline.add_argument("--val-fraction", type=float, default=DataConfig.val_fraction)
+    baseline.add_argument("--last-position-only", action="store_true", help="score only each window's last frame")
+    baseline.set_defaults(func=_cmd_baseline)
+
+    demo = sub.add_parser("demo", help="sample replays -> store -> summary -> persistence baseline")
     demo.add_argument("--out", default=str(DEMO_STORE), help=f"store folder (default {DEMO_STORE})")
     demo.add_argument("--workers", type=int, default=1)
     demo.set_defaults(func=_cmd_demo)
@@ -127,7 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     console = Console()
     try:
         args.func(args, console)
-    except (CLIError, FileNotFoundError, StoreConfigError, StoreError, SampleReplaysError) as err:
+    except (CLIError, FileNotFoundError, StoreConfigError, StoreError, SampleReplaysError, ValueError) as err:
         print(f"melee-wm {args.command}: error: {err}", file=sys.stderr)
         return 1
     return 0

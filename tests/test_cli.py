@@ -8,6 +8,9 @@ import sys
 from pathlib import Path
 
 from melee_wm.cli import main
+from melee_wm.data.baseline import persistence_baseline
+from melee_wm.data.config import DataConfig
+from melee_wm.data.dataset import MeleeDataset
 from melee_wm.data.store import open_store
 from melee_wm.samples import SAMPLES_ENV
 
@@ -62,8 +65,20 @@ def test_demo_and_samples(replay_dir, tmp_path, monkeypatch, capsys):
     assert str(Path(replay_dir).resolve()) in capsys.readouterr().out
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out)]) == 0
-    assert "39,188" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "39,188" in printed and "persistence baseline" in printed
     assert open_store(out).num_games == 6
+
+
+def test_baseline_prints_the_library_scores(sample_store, capsys):
+    cfg = DataConfig(store=str(sample_store.path), val_fraction=0.5)
+    scores = persistence_baseline(MeleeDataset.from_store(sample_store, "val", cfg))
+    assert main(["baseline", str(sample_store.path), "--split", "val", "--val-fraction", "0.5"]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if "pos_mae" in line)
+    assert f"{scores['pos_mae/all']:.4f}" in row and scores["pos_mae/all"] > 0
+    # With the default 10% validation share none of the six sample games is in val: a clear error, not a 0.
+    assert main(["baseline", str(sample_store.path), "--split", "val"]) == 1
+    assert "no window" in capsys.readouterr().err
 
 
 def test_console_script(sample_store):

@@ -8,13 +8,13 @@ import dataclasses
 import numpy as np
 import pytest
 
-from melee_wm.cli import CLIError, load_encoding_config
 from melee_wm.encoding.config import (
     BUTTON_BITS,
     STATE_FLAG_BITS,
     EncodingConfig,
     config_diff,
     format_config_diff,
+    load_encoding_config,
 )
 from melee_wm.encoding.encoder import encode_game
 from melee_wm.encoding.layout import NUM_PLAYERS, Layout
@@ -72,13 +72,13 @@ def test_unknown_or_bad_config_keys_are_errors(tmp_path):
         EncodingConfig(buttons=["jump"])
     with pytest.raises(ValueError, match="vocab"):
         EncodingConfig(action_vocab=1)
-    with pytest.raises(CLIError, match="bogus"):
+    with pytest.raises(ValueError, match="bogus"):
         load_encoding_config(None, ["bogus=1"])
-    with pytest.raises(CLIError, match="action_vocab"):
+    with pytest.raises(ValueError, match="action_vocab"):
         load_encoding_config(None, ["action_vocab=many"])
     yaml = tmp_path / "enc.yaml"
     yaml.write_text("position_scale: 0.5\npositon_scale: 0.5\n")
-    with pytest.raises(CLIError, match="positon_scale"):
+    with pytest.raises(ValueError, match="positon_scale"):
         load_encoding_config(yaml)
     yaml.write_text("position_scale: 0.5\nbuttons: [a, z]\n")
     cfg = load_encoding_config(yaml, ["action_vocab=500"])

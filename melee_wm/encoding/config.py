@@ -9,8 +9,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 # Bump whenever the encoder's output for a given config changes meaning.
 ENCODER_VERSION = 1
@@ -129,3 +134,24 @@ def config_diff(expected: EncodingConfig | dict, actual: EncodingConfig | dict) 
 def format_config_diff(diff: dict[str, tuple[Any, Any]], expected_name: str, actual_name: str) -> str:
     """One line per differing field, for error messages."""
     return "\n".join(f"  {k}: {expected_name}={a!r} {actual_name}={b!r}" for k, (a, b) in diff.items())
+
+
+def load_encoding_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> EncodingConfig:
+    """EncodingConfig from the dataclass defaults, a YAML file merged on top, then `key=value` overrides.
+
+    The dataclass is the schema: an unknown key or a value of the wrong type is a ValueError naming it.
+    """
+    layers = [OmegaConf.structured(EncodingConfig)]
+    source = "defaults"
+    if path is not None:
+        source = str(path)
+        if not Path(path).is_file():
+            raise ValueError(f"encoding config not found: {path}")
+        layers.append(OmegaConf.load(path))
+    if overrides:
+        source = f"overrides {' '.join(overrides)}"
+        layers.append(OmegaConf.from_dotlist(list(overrides)))
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(*layers))
+    except (OmegaConfBaseException, ValueError) as err:
+        raise ValueError(f"invalid encoding config ({source}): {err}") from None
