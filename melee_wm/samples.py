@@ -189,8 +189,7 @@ def _index_sdists(index: str) -> dict[str, tuple[str, str]]:
     except OSError as e:
         raise SampleReplaysError(f"could not read the index page {page}: {e}") from e
     return {
-        f["filename"]: (urllib.parse.urljoin(page, f["url"]), f["hashes"].get("sha256", ""))
-        for f in listing["files"]
+        f["filename"]: (urllib.parse.urljoin(page, f["url"]), f["hashes"].get("sha256", "")) for f in listing["files"]
     }
 
 
@@ -270,9 +269,7 @@ def fetch_samples(dest: Path | None = None, *, force: bool = False, progress: bo
     index = index_url()
     if progress:
         names = ", ".join(sdist_name(v) for v in versions)
-        print(
-            f"fetching {len(todo)} of {len(SAMPLES)} sample replays from {names} via {index}", file=sys.stderr
-        )
+        print(f"fetching {len(todo)} of {len(SAMPLES)} sample replays from {names} via {index}", file=sys.stderr)
     listing = _index_sdists(index)
     with tempfile.TemporaryDirectory(prefix="melee_wm_sdists_") as tmp:
         for version in versions:

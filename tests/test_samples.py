@@ -172,9 +172,7 @@ def test_extract_takes_only_named_members_and_checks_them(real_dir, tmp_path):
     assert _sha256(dest / sample.name) == sample.sha256
     assert not (tmp_path / "escape.txt").exists()
 
-    bad = _tarball(
-        tmp_path / "bad" / "peppi_py-0.8.6.tar.gz", {}, {f"{prefix}/{sample.member}": "/etc/hosts"}
-    )
+    bad = _tarball(tmp_path / "bad" / "peppi_py-0.8.6.tar.gz", {}, {f"{prefix}/{sample.member}": "/etc/hosts"})
     with pytest.raises(SampleReplaysError, match="not a regular file"):
         samples._extract(bad, [sample], dest)
     wrong = _tarball(tmp_path / "wrong" / "peppi_py-0.8.6.tar.gz", {f"{prefix}/{sample.member}": good[:-1]})
