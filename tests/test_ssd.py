@@ -148,3 +148,21 @@ def test_shape_mismatch_is_named():
         ssd_chunked(x, dt[:, :-1], A, B, C, CHUNK)
     with pytest.raises(ValueError, match="state has shape"):
         ssd_sequential(x, dt, A, B, C, initial_state=state[..., :-1])
+
+
+@pytest.mark.parametrize("seqlen", [2 * CHUNK, 3 * CHUNK + 1])
+@pytest.mark.parametrize("with_state", [False, True])
+def test_gradients_from_y_alone_match_sequential(seqlen, with_state):
+    """Training uses y only (the final state gets no gradient): gradients still match the recurrence."""
+    inputs = [t if t is None else t.requires_grad_() for t in make_inputs(seqlen=seqlen, with_state=with_state)]
+    grad_y = torch.randn(inputs[0].shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    leaves = [t for t in inputs if t is not None]
+
+    def grads(fn):
+        x, dt, A, B, C, state, D = inputs
+        y, _ = fn(x, dt, A, B, C, initial_state=state, D=D)
+        return torch.autograd.grad(y, leaves, grad_y)
+
+    chunked = grads(lambda *a, **k: ssd_chunked(*a, chunk_size=CHUNK, **k))
+    for gc, gs in zip(chunked, grads(ssd_sequential), strict=True):
+        torch.testing.assert_close(gc, gs, **TOL[torch.float64])

@@ -18,6 +18,87 @@ from torch import Tensor, nn
 from melee_wm.model.ssd import scan_dtype, ssd_chunked, ssd_step
 
 BACKENDS = ("torch", "mamba_ssm")
+_CACHE_ELEMENTS = 1 << 20  # block size (elements) for reductions that should stay in cache
+
+
+class _GatedRMSNormFn(torch.autograd.Function):
+    """out = RMSNorm over groups of (x * silu(z)) * weight, with a hand-written backward that makes a few
+    full-size passes instead of autograd's chain of elementwise ops (all tensors in one dtype)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, z: Tensor, weight: Tensor, group_size: int, eps: float) -> Tensor:
+        silu_z = F.silu(z)
+        gated = x * silu_z
+        groups = gated.unflatten(-1, (-1, group_size))
+        rstd = torch.rsqrt(torch.linalg.vector_norm(groups, dim=-1, keepdim=True).square_().div_(group_size) + eps)
+        out = (groups * rstd).flatten(-2).mul_(weight)
+        ctx.save_for_backward(x, z, weight, silu_z, gated, rstd)
+        ctx.group_size = group_size
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        x, z, weight, silu_z, gated, rstd = ctx.saved_tensors
+        gs = ctx.group_size
+        groups = gated.unflatten(-1, (-1, gs))
+        grad_weight = None
+        if ctx.needs_input_grad[2]:
+            weighted = (grad_out * gated).unflatten(-1, (-1, gs)).flatten(0, -3)  # (rows, ngroups, gs)
+            grad_weight = torch.einsum("rgs,rg->gs", weighted, rstd.flatten(0, -3)[..., 0]).flatten()
+        grad_n = (grad_out * weight).unflatten(-1, (-1, gs))
+        dot = torch.linalg.vecdot(grad_n, groups, dim=-1).unsqueeze(-1)  # (..., ngroups, 1)
+        grad_g = grad_n.mul_(rstd).addcmul_(groups, rstd.pow(3).mul_(dot).div_(-gs)).flatten(-2)
+        grad_x = grad_g * silu_z if ctx.needs_input_grad[0] else None
+        grad_z = torch.ops.aten.silu_backward(grad_g.mul_(x), z) if ctx.needs_input_grad[1] else None
+        return grad_x, grad_z, grad_weight, None, None
+
+
+class _CausalConvSiluFn(torch.autograd.Function):
+    """silu(causal depthwise conv(x) + bias + head), over the (batch, seqlen, channels) layout.
+
+    x: (batch, seqlen, channels), zero history before position 0; head: (batch, h <= d_conv - 1, channels),
+    added before the SiLU to the first h positions (the contribution of a carried conv state), or None;
+    weight: (channels, d_conv); bias: (channels,) or None. Returns one output per entry of ``splits`` (the
+    channel blocks the caller needs separately), so no split/cat runs in either direction.
+    """
+
+    @staticmethod
+    def forward(ctx, x, head, weight, bias, splits):
+        seqlen, k = x.shape[1], weight.shape[1]
+        pre = x * weight[:, k - 1] if bias is None else torch.addcmul(bias, x, weight[:, k - 1])
+        for shift in range(1, min(k, seqlen)):
+            pre[:, shift:].addcmul_(x[:, : seqlen - shift], weight[:, k - 1 - shift])
+        if head is not None:
+            pre[:, : head.shape[1]] += head
+        ctx.save_for_backward(x, weight, pre)
+        ctx.splits, ctx.has_head, ctx.has_bias = splits, head is not None, bias is not None
+        return tuple(F.silu(p).to(x.dtype) for p in pre.split(splits, dim=-1))
+
+    @staticmethod
+    def backward(ctx, *grads):
+        x, weight, pre = ctx.saved_tensors
+        seqlen, k = x.shape[1], weight.shape[1]
+        grad_pre = torch.empty_like(pre)
+        for g, p, out in zip(grads, pre.split(ctx.splits, -1), grad_pre.split(ctx.splits, -1), strict=True):
+            if g is None:
+                out.zero_()
+            else:
+                torch.ops.aten.silu_backward.grad_input(g.to(p.dtype), p, grad_input=out)
+        grad_x = grad_weight = None
+        if ctx.needs_input_grad[0]:
+            grad_x = grad_pre * weight[:, k - 1]
+            for shift in range(1, min(k, seqlen)):
+                grad_x[:, : seqlen - shift].addcmul_(grad_pre[:, shift:], weight[:, k - 1 - shift])
+        if ctx.needs_input_grad[2]:
+            grad_weight = torch.zeros_like(weight)
+            step = max(1, _CACHE_ELEMENTS // (seqlen * x.shape[2]))  # batch rows per cache-sized block
+            for b in range(0, x.shape[0], step):
+                gp, xb = grad_pre[b : b + step], x[b : b + step]
+                for shift in range(min(k, seqlen)):
+                    grad_weight[:, k - 1 - shift] += (gp[:, shift:] * xb[:, : seqlen - shift]).sum((0, 1))
+        grad_head = grad_pre[:, : min(k - 1, seqlen)] if ctx.has_head and ctx.needs_input_grad[1] else None
+        grad_bias = grad_pre.sum((0, 1)) if ctx.has_bias and ctx.needs_input_grad[3] else None
+        return None if grad_x is None else grad_x.to(x.dtype), grad_head, grad_weight, grad_bias, None
 
 
 class Mamba2State(NamedTuple):
@@ -46,10 +127,8 @@ class RMSNormGated(nn.Module):
     def forward(self, x: Tensor, z: Tensor) -> Tensor:
         """x, z: (..., hidden_size) -> (..., hidden_size)."""
         cd = scan_dtype(x, z)
-        gated = x.to(cd) * F.silu(z.to(cd))
-        groups = gated.unflatten(-1, (-1, self.group_size))
-        normed = groups * torch.rsqrt(groups.square().mean(-1, keepdim=True) + self.eps)
-        return (normed.flatten(-2) * self.weight.to(cd)).to(x.dtype)
+        out = _GatedRMSNormFn.apply(x.to(cd), z.to(cd), self.weight.to(cd), self.group_size, self.eps)
+        return out.to(x.dtype)
 
 
 class Mamba2(nn.Module):
@@ -140,15 +219,23 @@ class Mamba2(nn.Module):
     def _A(self) -> Tensor:
         return -torch.exp(self.A_log.to(scan_dtype(self.A_log)))
 
-    def _conv(self, xbc: Tensor, conv_state: Tensor | None) -> tuple[Tensor, Tensor]:
-        """Causal depthwise conv + SiLU continuing from ``conv_state``.
-        xbc: (batch, seqlen, conv_dim) -> (batch, seqlen, conv_dim), new conv state (batch, conv_dim, d_conv)."""
-        xbc_t = xbc.transpose(1, 2)
-        if conv_state is None:
-            conv_state = xbc_t.new_zeros(xbc.shape[0], self.conv_dim, self.d_conv)
-        window = torch.cat([conv_state.to(xbc.dtype), xbc_t], dim=-1)  # (batch, conv_dim, d_conv + seqlen)
-        out = F.conv1d(window[..., 1:], self.conv1d.weight, self.conv1d.bias, groups=self.conv_dim)
-        return F.silu(out).transpose(1, 2), window[..., -self.d_conv :]
+    def _conv(self, xbc: Tensor, conv_state: Tensor | None) -> tuple[tuple[Tensor, Tensor, Tensor], Tensor]:
+        """Causal depthwise conv + SiLU continuing from ``conv_state``, split into the SSM inputs.
+        xbc: (batch, seqlen, conv_dim) -> x (batch, seqlen, d_inner), B and C (batch, seqlen, ngroups*d_state),
+        and the new conv state (batch, conv_dim, d_conv)."""
+        seqlen, k = xbc.shape[1], self.d_conv
+        weight = self.conv1d.weight[:, 0]  # (conv_dim, d_conv)
+        head = None
+        if conv_state is not None and k > 1:  # the carried inputs' share of the first min(d_conv - 1, seqlen) outputs
+            prev = conv_state[..., 1:].to(xbc.dtype)  # (batch, conv_dim, d_conv - 1), oldest first
+            head = torch.stack([(prev[..., t:] * weight[:, : k - 1 - t]).sum(-1) for t in range(min(k - 1, seqlen))], 1)
+        gs = self.ngroups * self.d_state
+        outs = _CausalConvSiluFn.apply(xbc, head, weight, self.conv1d.bias, [self.d_inner, gs, gs])
+        tail = xbc[:, -k:].transpose(1, 2)
+        if seqlen < k:
+            before = xbc.new_zeros(xbc.shape[0], self.conv_dim, k) if conv_state is None else conv_state
+            tail = torch.cat([before[..., seqlen:].to(xbc.dtype), tail], dim=-1)
+        return outs, tail.contiguous()
 
     def forward(self, u: Tensor, state: Mamba2State | None = None) -> tuple[Tensor, Mamba2State]:
         """u: (batch, seqlen, d_model); state from ``init_state``/a previous call, or None (zeros).
@@ -157,8 +244,11 @@ class Mamba2(nn.Module):
         if self.backend == "mamba_ssm":
             y, new_state = self._forward_mamba_ssm(z, xbc, dt, state)
         else:
-            xbc, conv_state = self._conv(xbc, None if state is None else state.conv)
-            x, B, C = self._ssm_inputs(xbc)
+            (x, B, C), conv_state = self._conv(xbc, None if state is None else state.conv)
+            x, B, C = (
+                x.unflatten(-1, (self.nheads, self.headdim)),
+                *(t.unflatten(-1, (self.ngroups, -1)) for t in (B, C)),
+            )
             y, ssm_state = ssd_chunked(
                 x,
                 self._dt(dt),
@@ -201,7 +291,8 @@ class Mamba2(nn.Module):
                 xbc.transpose(1, 2), self.conv1d.weight[:, 0], self.conv1d.bias, activation="silu"
             ).transpose(1, 2)
         else:  # carrying a conv state in: the plain conv (causal_conv1d's state API wants channel-last input)
-            xbc, conv_state = self._conv(xbc, None if state is None else state.conv)
+            (x, B, C), conv_state = self._conv(xbc, None if state is None else state.conv)
+            xbc = torch.cat([x, B, C], dim=-1)
         x, B, C = self._ssm_inputs(xbc)
         y, ssm_state = k.mamba_chunk_scan_combined(
             x,

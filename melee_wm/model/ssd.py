@@ -120,26 +120,33 @@ def ssd_chunked(
     out_dtype = x.dtype
     with torch.autocast(x.device.type, enabled=False):
         cd = scan_dtype(x, dt, A, B, C, initial_state, D)
-        x_in = x.to(cd)
         y, final_state = _chunked(
-            x_in,
+            x.to(cd),
             dt.to(cd),
             A.to(cd),
             B.to(cd),
             C.to(cd),
             chunk_size,
             None if initial_state is None else initial_state.to(cd),
+            None if D is None else D.to(cd),
         )
-        if D is not None:
-            y = y + D.to(cd)[:, None] * x_in
     return y.to(out_dtype), final_state
 
 
 def _chunked(
-    x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, chunk_size: int, initial_state: Tensor | None
+    x: Tensor,
+    dt: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    chunk_size: int,
+    initial_state: Tensor | None,
+    D: Tensor | None,
 ) -> tuple[Tensor, Tensor]:
     """The SSD algorithm on same-dtype tensors; see ``ssd_chunked``. The heavy products are batched matmuls
-    with the heads of a group folded into the matrix rows, so B and C are never broadcast over heads."""
+    with the heads of a group folded into the matrix rows, so B and C are never broadcast over heads.
+    State-sized tensors (batch, nheads, headdim, d_state) are the largest here: none is zero-filled, stacked
+    or split in either direction."""
     batch, seqlen, nheads, headdim = x.shape
     ngroups, d_state = B.shape[-2:]
     per_group = nheads // ngroups
@@ -155,26 +162,35 @@ def _chunked(
     Cc = C.view(batch, nchunks, q, ngroups, d_state).transpose(2, 3)  # (b, c, g, q, n)
     a_cum = torch.cumsum(dtc * A[:, None], dim=-1)  # cumulative log-decay inside each chunk: (b, c, h, q)
 
-    # 1. Within chunks: y_i = sum_{j<=i} (C_i·B_j) exp(a_i - a_j) dt_j x_j.
+    # 1. Within chunks: y_i = sum_{j<=i} (C_i·B_j) exp(a_i - a_j) dt_j x_j (+ D x_i, on the diagonal).
     causal = torch.ones(q, q, dtype=torch.bool, device=x.device).tril()
     seg = (a_cum[..., :, None] - a_cum[..., None, :]).masked_fill(~causal, -math.inf)
     decay = (torch.exp(seg) * dtc[..., None, :]).view(batch, nchunks, ngroups, per_group, q, q)
     scores = (decay * (Cc @ Bc.transpose(-1, -2))[:, :, :, None]).view(batch, nchunks, nheads, q, q)
-    y = (scores @ xc.transpose(2, 3)).transpose(2, 3)  # (b, c, q, h, p)
+    if D is not None:
+        scores = scores + D[:, None, None] * torch.eye(q, dtype=x.dtype, device=x.device)
+    y = (scores @ xc.transpose(2, 3)).transpose(2, 3).contiguous()  # (b, c, q, h, p)
 
-    # 2. Each chunk's own contribution to the state at its end: (b, c, h, p, n).
-    to_end = (torch.exp(a_cum[..., -1:] - a_cum) * dtc).transpose(2, 3)  # (b, c, q, h)
-    xw = (xc * to_end[..., None]).view(batch, nchunks, q, ngroups, per_group * headdim)
-    chunk_states = (xw.permute(0, 1, 3, 4, 2) @ Bc).view(batch, nchunks, nheads, headdim, d_state)
+    # 2. Each chunk's own contribution to the state at its end: (b, c', h, p, n) for the chunks in `part`.
+    to_end = (torch.exp(a_cum[..., -1:] - a_cum) * dtc).transpose(2, 3)[..., None]  # (b, c, q, h, 1)
 
-    # 3. Pass states between chunks: the state entering chunk k, for every chunk that has one.
-    chunk_decay = torch.exp(a_cum[..., -1])[..., None, None].unbind(1)  # c x (b, h, 1, 1)
+    def chunk_states(part: slice) -> Tensor:
+        xw = (xc[:, part] * to_end[:, part]).view(batch, -1, q, ngroups, per_group * headdim)
+        return (xw.permute(0, 1, 3, 4, 2) @ Bc[:, part]).view(batch, -1, nheads, headdim, d_state)
+
+    # 3. Pass states between chunks: the state entering chunk k, for every chunk that has one. The last
+    # chunk's contribution feeds only the final state, so it is computed apart (no gradient: no backward).
+    chunk_decay = torch.exp(a_cum[..., -1])[..., None, None]  # (b, c, h, 1, 1)
     state = initial_state
     entering = [] if state is None else [state]
-    for k, contribution in enumerate(chunk_states.unbind(1)):
-        state = contribution if state is None else state * chunk_decay[k] + contribution
-        if k < nchunks - 1:
+    if nchunks > 1:
+        inner = chunk_states(slice(0, nchunks - 1))
+        contributions = [inner.view(inner.shape[:1] + inner.shape[2:])] if nchunks == 2 else inner.unbind(1)
+        for k, contribution in enumerate(contributions):
+            state = contribution if state is None else torch.addcmul(contribution, state, chunk_decay[:, k])
             entering.append(state)
+    last = chunk_states(slice(nchunks - 1, nchunks)).view(batch, nheads, headdim, d_state)
+    final = last if state is None else torch.addcmul(last, state, chunk_decay[:, -1])
 
     # 4. Contribution of the entering state to each position: C_i · S_k * exp(a_i).
     if entering:
@@ -183,6 +199,5 @@ def _chunked(
         starts = starts.view(batch, len(entering), ngroups, per_group * headdim, d_state)
         y_off = (Cc[:, first:] @ starts.transpose(-1, -2)).transpose(2, 3)  # (b, c', q, g, per_group*p)
         y_off = y_off.reshape(batch, len(entering), q, nheads, headdim)
-        y_off = y_off * torch.exp(a_cum[:, first:]).transpose(2, 3)[..., None]
-        y = torch.cat([y[:, :first], y[:, first:] + y_off], dim=1) if first else y + y_off
-    return y.reshape(batch, nchunks * q, nheads, headdim)[:, :seqlen], state
+        y[:, first:] += y_off * torch.exp(a_cum[:, first:]).transpose(2, 3)[..., None]
+    return y.view(batch, nchunks * q, nheads, headdim)[:, :seqlen], final
