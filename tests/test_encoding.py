@@ -8,6 +8,7 @@ import dataclasses
 import numpy as np
 import pytest
 
+from melee_wm.encoding import encoder
 from melee_wm.encoding.config import (
     BUTTON_BITS,
     STATE_FLAG_BITS,
@@ -16,7 +17,7 @@ from melee_wm.encoding.config import (
     format_config_diff,
     load_encoding_config,
 )
-from melee_wm.encoding.encoder import encode_game
+from melee_wm.encoding.encoder import column_moments, encode_columns, encode_game
 from melee_wm.encoding.layout import NUM_PLAYERS, Layout
 from melee_wm.replay.parse import AIRBORNE_GROUND, parse_replay
 
@@ -153,3 +154,25 @@ def test_scales_come_from_the_config(modern):
     np.testing.assert_array_equal(scaled.floats[:, x], modern.players[0]["x"] * np.float32(0.5))
     other = [i for i in range(layout.num_floats) if layout.float_columns[i].field not in ("x", "y")]
     np.testing.assert_array_equal(scaled.floats[:, other], base.floats[:, other])
+
+
+def test_column_moments_do_not_depend_on_grouping(modern, monkeypatch):
+    """A store resumed from its shards recomputes the moments of whole games; each column's must equal the
+    encoder's bit for bit, whichever columns share a block, and the integer path must equal float64 sums."""
+    cfg = EncodingConfig()
+    columns = encode_columns(modern, cfg)
+    for values in (columns.floats, columns.ints):
+        together = column_moments(values)
+        wide = values.astype(np.float64)
+        np.testing.assert_allclose(together.sum, wide.sum(axis=1), rtol=1e-12)
+        np.testing.assert_allclose(together.sumsq, (wide * wide).sum(axis=1), rtol=1e-12)
+        np.testing.assert_array_equal(together.min, wide.min(axis=1))
+        np.testing.assert_array_equal(together.max, wide.max(axis=1))
+        for block_bytes in (1 << 12, 1 << 16, 1 << 24):  # 1 row, a few rows, every row per block
+            monkeypatch.setattr(encoder, "MOMENT_BLOCK_BYTES", block_bytes)
+            for start in range(0, len(values), 5):
+                alone = column_moments(values[start : start + 3])
+                for name in ("sum", "sumsq", "min", "max"):
+                    np.testing.assert_array_equal(getattr(alone, name), getattr(together, name)[start : start + 3])
+    ints = columns.ints.astype(np.float64)
+    np.testing.assert_array_equal(column_moments(columns.ints).sum, ints.sum(axis=1))  # exact: integer sums

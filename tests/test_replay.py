@@ -6,7 +6,14 @@ import numpy as np
 import peppi_py
 import pytest
 
-from melee_wm.replay.parse import AIRBORNE_GROUND, FIELD_DEFAULTS, final_frame_indices, parse_replay
+from melee_wm.replay.parse import (
+    AIRBORNE_GROUND,
+    FIELD_DEFAULTS,
+    BackgroundMd5,
+    file_md5,
+    final_frame_indices,
+    parse_replay,
+)
 
 REFERENCE = "peppi-py-0.8.6__tests_data_game.slp"
 ROLLBACK = "peppi-py-0.8.1__Game_20230702T014451.slp"
@@ -142,3 +149,13 @@ def test_no_player_names_or_codes_in_manifest(replay_dir, sample_store):
     data = (sample_store.path / "manifest.json").read_bytes()
     leaked = [i for i, s in enumerate(identities) if s.encode() in data]
     assert leaked == [], f"identities #{leaked} appear in manifest.json"
+
+
+def test_background_md5_matches_file_md5(replay_dir, tmp_path):
+    empty = tmp_path / "empty.slp"
+    empty.write_bytes(b"")
+    for path in [*sorted(replay_dir.glob("*.slp")), empty]:
+        assert BackgroundMd5(path).result() == file_md5(path)
+    assert BackgroundMd5(empty).result() == "d41d8cd98f00b204e9800998ecf8427e"  # md5 of no bytes
+    with pytest.raises(FileNotFoundError):
+        BackgroundMd5(tmp_path / "missing.slp")

@@ -103,6 +103,7 @@ def test_manifest_contents(sample_store):
         np.testing.assert_array_equal([stats[n]["max"] for n in names], values.max(0))
     on_disk = json.loads((sample_store.path / MANIFEST).read_text())
     assert on_disk == m
+    _assert_same_store(sample_store, open_store(sample_store.path))  # what build_store returned = a fresh open
 
 
 def test_bad_files_become_skip_records(replay_dir, tmp_path):

@@ -1,8 +1,9 @@
 """The encoded store: `manifest.json` + shards of memory-mappable arrays, written streaming and resumably.
 
 Layout on disk: `STORE/manifest.json`, `STORE/shard_00000/{floats.npy, ints.npy, game_offsets.npy}`, ...
-A shard is written under a temporary name and renamed when complete; the manifest (rewritten atomically
-after each shard) lists only complete shards, and `open_store` reads only those. A rerun of the same build
+A shard is written under a temporary name, game by game as they arrive (on a helper thread, so only about two
+games are in memory), and renamed when complete; the manifest (rewritten atomically after each shard) lists
+only complete shards, and `open_store` reads only those. A rerun of the same build
 skips the games the manifest holds, so a killed run resumes where its last shard ended.
 """
 
@@ -15,6 +16,7 @@ import os
 import shutil
 from collections import Counter
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -202,6 +204,15 @@ def _check_config(path: Path, manifest: dict, expected: EncodingConfig, hint: st
         )
 
 
+def _map_shard(folder: Path) -> Shard:
+    """Memory-map one shard this process has just written (no checks: the writer made it from its own state)."""
+    return Shard(
+        floats=np.load(folder / "floats.npy", mmap_mode="r"),
+        ints=np.load(folder / "ints.npy", mmap_mode="r"),
+        game_offsets=np.load(folder / "game_offsets.npy"),
+    )
+
+
 def open_store(path: str | Path, expected_config: EncodingConfig | None = None) -> Store:
     """Open a complete store, memory-mapping its listed shards.
 
@@ -240,31 +251,104 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def _write_json_atomic(path: Path, data: dict) -> None:
-    """Write to a temporary file beside `path`, then rename over it (readers never see half a file).
-
-    Compact JSON: only the unindented form uses json's C encoder, which matters for large game lists."""
+def _write_json_atomic(path: Path, data: dict) -> str:
+    """Write to a temporary file beside `path`, then rename over it (readers never see half a file); returns
+    the text written. Compact JSON: only the unindented form uses json's C encoder (large game lists)."""
     tmp = path.with_name(f"{TMP_PREFIX}{path.name}")
+    text = json.dumps(data, separators=(",", ":"))  # dumps, not dump: only dumps uses the C encoder
     with open(tmp, "w") as f:
-        f.write(json.dumps(data, separators=(",", ":")))  # dumps, not dump: only dumps uses the C encoder
+        f.write(text)
     os.replace(tmp, path)
+    return text
 
 
-def _write_npy(path: Path, dtype: np.dtype, columns: int, parts: list[np.ndarray]) -> None:
-    """Write the games `parts`, each (columns, rows) with one column per row, as one (total rows, columns)
-    .npy file, transposing them block by block through a small reused buffer (no whole copy in memory)."""
-    rows = sum(p.shape[1] for p in parts)
-    header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": (rows, columns)}
-    buffer = np.empty((WRITE_BLOCK_ROWS, columns), dtype=dtype)
-    with open(path, "wb") as f:
-        np.lib.format.write_array_header_1_0(f, header)
-        for part in parts:
-            if part.shape[0] != columns:
-                raise ValueError(f"{path}: a game has {part.shape[0]} columns, expected {columns}")
-            for start in range(0, part.shape[1], WRITE_BLOCK_ROWS):
-                block = buffer[: min(WRITE_BLOCK_ROWS, part.shape[1] - start)]
-                np.copyto(block, part[:, start : start + len(block)].T)
-                f.write(memoryview(block).cast("B"))
+class _NpyAppender:
+    """A (rows, columns) .npy file written part by part: each part (columns, rows), one column per row, is
+    transposed block by block through a small reused buffer. The header, first written for 0 rows, is rewritten
+    with the final row count by `close` (both pad to the same 64-byte multiple)."""
+
+    def __init__(self, path: Path, dtype: np.dtype, columns: int) -> None:
+        self.path, self.dtype, self.columns, self.rows = path, dtype, columns, 0
+        self.buffer = np.empty((WRITE_BLOCK_ROWS, columns), dtype=dtype)
+        self.file = open(path, "wb")  # noqa: SIM115 (closed by `close`)
+        self._write_header()
+        self.data_start = self.file.tell()
+
+    def _write_header(self) -> None:
+        descr = np.lib.format.dtype_to_descr(self.dtype)
+        header = {"descr": descr, "fortran_order": False, "shape": (self.rows, self.columns)}
+        np.lib.format.write_array_header_1_0(self.file, header)
+
+    def append(self, part: np.ndarray) -> None:
+        if part.shape[0] != self.columns:
+            raise ValueError(f"{self.path}: a game has {part.shape[0]} columns, expected {self.columns}")
+        for start in range(0, part.shape[1], WRITE_BLOCK_ROWS):
+            block = self.buffer[: min(WRITE_BLOCK_ROWS, part.shape[1] - start)]
+            np.copyto(block, part[:, start : start + len(block)].T)
+            self.file.write(memoryview(block).cast("B"))
+        self.rows += part.shape[1]
+
+    def close(self) -> None:
+        self.file.seek(0)
+        self._write_header()
+        if self.file.tell() != self.data_start:
+            raise StoreError(f"{self.path}: the header for {self.rows} rows outgrew the space written for it")
+        self.file.close()
+
+
+@dataclass
+class _PendingGame:
+    """A game written into the open shard, kept until the shard is committed: its manifest row, repairs and
+    column moments (its columns are already on disk)."""
+
+    row: dict
+    nonfinite: dict[str, int]
+    clamped: dict[str, int]
+    float_moments: ColumnMoments
+    int_moments: ColumnMoments
+
+
+class _OpenShard:
+    """The next shard, written under its temporary name as games arrive. Each game is transposed and written on
+    the `writer` thread (numpy copies and file writes release the GIL) while the caller encodes the next; at most
+    one write is in flight, so two games at most are in memory."""
+
+    def __init__(self, out: Path, index: int, layout: Layout, writer: ThreadPoolExecutor) -> None:
+        self.index, self.name = index, _shard_name(index)
+        self.writer = writer
+        self.writing: Future | None = None
+        self.tmp = out / f"{TMP_PREFIX}{self.name}"
+        if self.tmp.exists():
+            shutil.rmtree(self.tmp)
+        self.tmp.mkdir()
+        self.floats = _NpyAppender(self.tmp / "floats.npy", FLOAT_DTYPE, layout.num_floats)
+        self.ints = _NpyAppender(self.tmp / "ints.npy", INT_DTYPE, layout.num_ints)
+        self.offsets = [0]
+
+    def append(self, game: EncodedFile) -> int:
+        """Start writing one game's columns (after the previous game's write ends); returns its row offset."""
+        self._wait()
+        self.writing = self.writer.submit(self._write, game.float_columns, game.int_columns)
+        self.offsets.append(self.offsets[-1] + game.float_columns.shape[1])
+        return self.offsets[-2]
+
+    def _write(self, floats: np.ndarray, ints: np.ndarray) -> None:
+        self.floats.append(floats)
+        self.ints.append(ints)
+
+    def _wait(self) -> None:
+        """Wait for the write in flight, raising its error."""
+        if self.writing is not None:
+            writing, self.writing = self.writing, None
+            writing.result()
+
+    def commit(self, folder: Path) -> None:
+        """Finish the files and rename the shard into place as `folder`."""
+        self._wait()
+        self.floats.close()
+        self.ints.close()
+        np.save(self.tmp / "game_offsets.npy", np.array(self.offsets, dtype=np.int64))
+        os.rename(self.tmp, folder)
 
 
 def _shard_name(index: int) -> str:
@@ -302,8 +386,17 @@ def _locked(out: Path) -> Iterator[None]:
 class _Writer:
     """Main-process side of a build: collects worker results, writes shards, keeps the manifest current."""
 
-    def __init__(self, out: Path, cfg: EncodingConfig, filters: StoreFilters, shard_frames: int, dedupe: bool):
+    def __init__(
+        self,
+        out: Path,
+        cfg: EncodingConfig,
+        filters: StoreFilters,
+        shard_frames: int,
+        dedupe: bool,
+        shard_writer: ThreadPoolExecutor,
+    ):
         self.out = out
+        self.shard_writer = shard_writer  # the thread that writes games into the open shard
         self.cfg = cfg
         self.layout = Layout(cfg)
         self.filters = filters
@@ -318,7 +411,8 @@ class _Writer:
         self.clamped: Counter = Counter()
         self.float_stats = ColumnStats(self.layout.num_floats)
         self.int_stats = ColumnStats(self.layout.num_ints)
-        self.pending: list[EncodedFile] = []
+        self.shard: _OpenShard | None = None
+        self.pending: list[_PendingGame] = []  # written into `shard`, not yet committed
         self.pending_frames = 0
         self.stored: dict[str, set[str]] = {}  # md5 -> paths, committed and pending
         self.added = Counter()  # what this run did: games, frames, skipped, duplicates
@@ -355,7 +449,15 @@ class _Writer:
             self.added["duplicates"] += 1
             return
         self.stored.setdefault(result.md5, set()).add(path)
-        self.pending.append(result)
+        if self.shard is None:
+            self.shard = _OpenShard(self.out, len(self.shards), self.layout, self.shard_writer)
+        offset = self.shard.append(result)
+        row = dict(result.row, shard=self.shard.index, offset=offset)
+        row["nonfinite"] = sum(result.nonfinite.values())
+        row["clamped"] = sum(result.clamped.values())
+        self.pending.append(
+            _PendingGame(row, result.nonfinite, result.clamped, result.float_moments, result.int_moments)
+        )
         frames = result.float_columns.shape[1]
         self.pending_frames += frames
         self.added["games"] += 1
@@ -364,34 +466,19 @@ class _Writer:
             self.flush()
 
     def flush(self, last: bool = False) -> None:
-        """Write the pending games as the next shard, rename it into place, then list it in the manifest
-        (`last`: the caller writes the complete manifest next, so the interim one is skipped)."""
-        if not self.pending:
+        """Commit the open shard: finish its files, rename it into place, then list it and its games in the
+        manifest (`last`: the caller writes the complete manifest next, so the interim one is skipped)."""
+        if self.shard is None:
             return
-        index = len(self.shards)
-        name = _shard_name(index)
-        tmp = self.out / f"{TMP_PREFIX}{name}"
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir()
-        floats = [g.float_columns for g in self.pending]
-        ints = [g.int_columns for g in self.pending]
-        offsets = np.zeros(len(self.pending) + 1, dtype=np.int64)
-        np.cumsum([f.shape[1] for f in floats], out=offsets[1:])
-        _write_npy(tmp / "floats.npy", FLOAT_DTYPE, self.layout.num_floats, floats)
-        _write_npy(tmp / "ints.npy", INT_DTYPE, self.layout.num_ints, ints)
-        np.save(tmp / "game_offsets.npy", offsets)
-        os.rename(tmp, self.out / name)
-        for game, offset in zip(self.pending, offsets[:-1], strict=True):
-            row = dict(game.row, shard=index, offset=int(offset))
-            row["nonfinite"] = sum(game.nonfinite.values())
-            row["clamped"] = sum(game.clamped.values())
-            self.games.append(row)
+        self.shard.commit(self.out / self.shard.name)
+        for game in self.pending:
+            self.games.append(game.row)
             self.nonfinite.update(game.nonfinite)
             self.clamped.update(game.clamped)
             self.float_stats.merge(game.float_moments)
             self.int_stats.merge(game.int_moments)
-        self.shards.append({"name": name, "frames": int(offsets[-1]), "games": len(self.pending)})
+        self.shards.append({"name": self.shard.name, "frames": self.shard.offsets[-1], "games": len(self.pending)})
+        self.shard = None
         self.pending = []
         self.pending_frames = 0
         if not last:
@@ -430,8 +517,22 @@ class _Writer:
             "updated": _now(),
         }
 
-    def write_manifest(self, complete: bool) -> None:
-        _write_json_atomic(self.out / MANIFEST, self.manifest(complete))
+    def write_manifest(self, complete: bool) -> str:
+        """Write the manifest; returns its JSON text."""
+        return _write_json_atomic(self.out / MANIFEST, self.manifest(complete))
+
+    def written_store(self, manifest_text: str) -> Store:
+        """The store as `open_store` would return it, from the manifest text just written and the shards this
+        writer made or resumed (it knows they agree, so nothing is re-read or re-checked but the arrays' maps)."""
+        manifest = json.loads(manifest_text)  # what the file holds, so `store.manifest` equals it exactly
+        return Store(
+            path=self.out,
+            manifest=manifest,
+            config=EncodingConfig.from_dict(manifest["encoding_config"]),
+            layout=self.layout,
+            shards=[_map_shard(self.out / entry["name"]) for entry in self.shards],
+            games=manifest["games"],
+        )
 
 
 def _prepare(out: Path, writer: _Writer, overwrite: bool) -> None:
@@ -458,8 +559,7 @@ def _prepare(out: Path, writer: _Writer, overwrite: bool) -> None:
     foreign = sorted(e.name for e in out.iterdir() if not _is_store_entry(e.name))
     if foreign:
         raise StoreError(f"{out} exists and is not an encoded store (it holds {foreign[:5]}); refusing to write there")
-    _clear_store(out)
-    writer.write_manifest(complete=False)
+    _clear_store(out)  # no manifest until the first shard is committed: there is nothing to list or resume yet
 
 
 def _progress(enabled: bool, console: Console) -> Progress | nullcontext:
@@ -496,9 +596,9 @@ def build_store(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     filters = filters or StoreFilters()
-    writer = _Writer(out, cfg, filters, shard_frames, dedupe)
-    console = Console(stderr=True)
-    with _locked(out):
+    shard_writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="melee_wm-shard-writer")
+    writer = _Writer(out, cfg, filters, shard_frames, dedupe, shard_writer)
+    with _locked(out), shard_writer:
         _prepare(out, writer, overwrite)
         processor = FileProcessor(cfg, filters, {m: set(p) for m, p in writer.stored.items()}, dedupe)
         if workers == 1:
@@ -509,7 +609,7 @@ def build_store(
             pool = context.Pool(min(workers, len(files)), initializer=init_worker, initargs=(processor,))
             results = pool.imap(process_in_worker, files, chunksize=1)
         try:
-            with _progress(progress, console) as bar:
+            with _progress(progress, Console(stderr=True)) as bar:
                 task = bar.add_task("encode", total=len(files)) if progress else None
                 for result in results:
                     writer.add(result)
@@ -520,8 +620,7 @@ def build_store(
                 pool.terminate()
                 pool.join()
         writer.flush(last=True)
-        writer.write_manifest(complete=True)
-    store = open_store(out)
+        store = writer.written_store(writer.write_manifest(complete=True))
     if progress:
         print_summary(store.manifest, Console(), added=writer.added)
     return store

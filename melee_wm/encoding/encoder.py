@@ -12,6 +12,7 @@ from melee_wm.encoding.layout import NUM_PLAYERS, STAGE_FIELD, STICK_THRESHOLD_F
 from melee_wm.replay.parse import AIRBORNE_GROUND, ParsedGame
 
 INT16_MAX = np.iinfo(np.int16).max
+MOMENT_BLOCK_BYTES = 1 << 19  # float64 values `column_moments` widens at a time (a cache-sized buffer)
 
 
 @dataclass
@@ -49,10 +50,26 @@ def _runs(indices: list[int]) -> list[slice]:
     return runs
 
 
+def _small_int_moments(
+    columns: np.ndarray, others: list[int], sums: np.ndarray, sumsq: np.ndarray, lows: np.ndarray, highs: np.ndarray
+) -> ColumnMoments:
+    """`column_moments` of 8- or 16-bit integer rows in exact int64 sums, with no widened copy of the rows. They
+    equal float64 sums' results while those are exact too: below 2**53, so for rows under 2**23 (any game)."""
+    for block in _runs(others):
+        values = columns[block]
+        sums[block] = np.add.reduce(values, axis=1, dtype=np.int64)
+        sumsq[block] = np.einsum("ij,ij->i", values, values, dtype=np.int64)
+        lows[block] = values.min(axis=1)
+        highs[block] = values.max(axis=1)
+    return ColumnMoments(count=columns.shape[1], sum=sums, sumsq=sumsq, min=lows, max=highs)
+
+
 def column_moments(columns: np.ndarray, binary_ones: dict[int, int] | None = None) -> ColumnMoments:
     """Moments of each row of `columns`: (num_columns, rows), one column per row (contiguous rows are fastest).
 
-    binary_ones: row -> its count of ones, for rows known to hold only 0 and 1 (their moments are counts)."""
+    binary_ones: row -> its count of ones, for rows known to hold only 0 and 1 (their moments are counts).
+    The other rows are widened to float64 a few at a time in one small buffer that stays in cache; each row's
+    moments depend only on its own values, however the rows are grouped."""
     num_columns, rows = columns.shape
     binary_ones = binary_ones or {}
     sums, sumsq = np.zeros(num_columns), np.zeros(num_columns)
@@ -64,14 +81,22 @@ def column_moments(columns: np.ndarray, binary_ones: dict[int, int] | None = Non
     sums[binary] = sumsq[binary] = ones
     lows[binary] = ones == rows
     highs[binary] = ones > 0
-    for block in _runs([i for i in range(num_columns) if i not in binary_ones]):  # views of rows, no copies
-        values = columns[block]
-        wide = values.astype(np.float64)
-        with np.errstate(invalid="ignore", over="ignore"):  # non-finite values give non-finite moments, quietly
-            sums[block] = wide.sum(axis=1)
-            sumsq[block] = np.einsum("ij,ij->i", wide, wide)
-        lows[block] = values.min(axis=1)
-        highs[block] = values.max(axis=1)
+    others = [i for i in range(num_columns) if i not in binary_ones]
+    if np.issubdtype(columns.dtype, np.integer) and columns.itemsize <= 2:
+        return _small_int_moments(columns, others, sums, sumsq, lows, highs)
+    step = max(1, MOMENT_BLOCK_BYTES // (8 * rows))
+    buffer = np.empty((min(step, len(others)), rows))
+    for run in _runs(others):
+        for start in range(run.start, run.stop, step):
+            block = slice(start, min(start + step, run.stop))
+            wide = buffer[: block.stop - block.start]
+            np.copyto(wide, columns[block])
+            np.minimum.reduce(wide, axis=1, out=lows[block])
+            np.maximum.reduce(wide, axis=1, out=highs[block])
+            with np.errstate(invalid="ignore", over="ignore"):  # non-finite values give non-finite moments, quietly
+                np.add.reduce(wide, axis=1, out=sums[block])
+                np.square(wide, out=wide)
+                np.add.reduce(wide, axis=1, out=sumsq[block])
     return ColumnMoments(count=rows, sum=sums, sumsq=sumsq, min=lows, max=highs)
 
 

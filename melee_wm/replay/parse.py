@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import mmap
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -135,16 +136,20 @@ def file_md5(path: str | Path) -> str:
 
 
 class BackgroundMd5:
-    """`file_md5`, overlapped: the bytes are read now (raising OSError if they cannot be), then hashed on a
-    helper thread. hashlib releases the GIL for the whole call, so the hash runs on another core beside work that
-    holds the GIL, such as peppi's `read_slippi`; `result()` waits for it."""
+    """`file_md5`, overlapped: the file is opened and memory-mapped now (raising OSError if it cannot be), then
+    hashed on a helper thread. hashlib releases the GIL for the whole call, so the hash runs on another core
+    beside peppi's `read_slippi` of the same file, and the main thread never copies the bytes; `result()` waits
+    for it. (As with any mapped file, one truncated while it is hashed would end the process with SIGBUS.)"""
 
     def __init__(self, path: str | Path) -> None:
         with open(path, "rb") as f:
-            data = f.read()
+            try:
+                data: mmap.mmap | bytes = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            except ValueError:  # an empty file cannot be mapped; it has no bytes to hash
+                data = b""
         self._digest = hashlib.md5(usedforsecurity=False)
         # Thread.start returns once the thread runs; it keeps the GIL until hashlib releases it, so the hash is
-        # already under way when the caller goes on.
+        # already under way when the caller goes on. The thread drops the map when it ends.
         self._thread = threading.Thread(target=self._digest.update, args=(data,), daemon=True)
         self._thread.start()
 
