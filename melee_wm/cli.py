@@ -14,15 +14,9 @@ from rich.table import Table
 from melee_wm.data.baseline import persistence_baseline
 from melee_wm.data.config import DataConfig
 from melee_wm.data.dataset import MeleeDataset
-from melee_wm.data.store import (
-    Store,
-    StoreConfigError,
-    StoreError,
-    StoreFilters,
-    build_store,
-    open_store,
-    print_summary,
-)
+from melee_wm.data.pipeline import StoreFilters
+from melee_wm.data.store import Store, StoreConfigError, StoreError, open_store, print_summary
+from melee_wm.data.store_writer import build_store
 from melee_wm.encoding.config import EncodingConfig, load_encoding_config
 from melee_wm.samples import SampleReplaysError, fetch_samples, sample_dir
 

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from melee_wm.data.store import Store, build_store
+from melee_wm.data.store import Store
+from melee_wm.data.store_writer import build_store
 from melee_wm.encoding.config import EncodingConfig
 from melee_wm.samples import SAMPLES_ENV, sample_dir
 

@@ -12,14 +12,9 @@ import time
 import numpy as np
 import pytest
 
-from melee_wm.data.store import (
-    MANIFEST,
-    StoreConfigError,
-    StoreError,
-    StoreFilters,
-    build_store,
-    open_store,
-)
+from melee_wm.data.pipeline import StoreFilters
+from melee_wm.data.store import MANIFEST, StoreConfigError, StoreError, open_store
+from melee_wm.data.store_writer import build_store
 from melee_wm.encoding.config import EncodingConfig
 from melee_wm.encoding.encoder import encode_game
 from melee_wm.encoding.layout import Layout

@@ -2,7 +2,7 @@
 (the md5 is hashed on a helper thread while peppi reads the file).
 
 `FileProcessor` is what each worker process runs (one file per task); the store writer in
-`melee_wm.data.store` only collects its results, so nothing here touches the store on disk.
+`melee_wm.data.store_writer` only collects its results, so nothing here touches the store on disk.
 """
 
 from __future__ import annotations

@@ -27,14 +27,14 @@ from pathlib import Path
 
 import peppi_py
 
-from melee_wm.data.store import build_store
+from melee_wm.data.store_writer import build_store
 from melee_wm.encoding.config import EncodingConfig
 from melee_wm.samples import sample_paths
 
 RSS_SHARD_FRAMES = 20_000  # below one sample set's 39,188 frames, so N already fills a shard
 RSS_CHILD = """
 import json, resource, sys
-from melee_wm.data.store import build_store
+from melee_wm.data.store_writer import build_store
 from melee_wm.encoding.config import EncodingConfig
 store = build_store([sys.argv[1]], sys.argv[2], EncodingConfig(), workers=1, shard_frames=int(sys.argv[3]),
                     dedupe=False, progress=False)

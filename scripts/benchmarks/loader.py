@@ -38,7 +38,8 @@ from melee_wm.data.config import DataConfig
 from melee_wm.data.datamodule import BatchItems
 from melee_wm.data.dataset import MeleeDataset
 from melee_wm.data.sampler import WindowBatchSampler
-from melee_wm.data.store import build_store, open_store
+from melee_wm.data.store import open_store
+from melee_wm.data.store_writer import build_store
 from melee_wm.encoding.config import EncodingConfig
 from melee_wm.encoding.layout import Layout
 from melee_wm.samples import sample_dir

@@ -1,0 +1,474 @@
+"""Writing the encoded store, streaming and resumably (`build_store`).
+
+A shard is written under a temporary name, game by game as they arrive (on a helper thread, so only about two
+games are in memory), and renamed when complete; the manifest, rewritten atomically after each shard, lists
+only complete shards. A rerun of the same build skips the games the manifest holds, so a killed run resumes
+where its last shard ended.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import multiprocessing
+import os
+import shutil
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from melee_wm.data.pipeline import (
+    EncodedFile,
+    FileProcessor,
+    FileResult,
+    KnownFile,
+    SkippedFile,
+    StoreFilters,
+    find_replays,
+    init_worker,
+    process_in_worker,
+)
+from melee_wm.data.store import (
+    FLOAT_DTYPE,
+    INT_DTYPE,
+    MANIFEST,
+    STORE_FORMAT_VERSION,
+    Store,
+    StoreConfigError,
+    StoreError,
+    check_config,
+    load_shard,
+    map_shard,
+    print_summary,
+    read_manifest,
+)
+from melee_wm.encoding.config import ENCODER_VERSION, EncodingConfig, config_diff, format_config_diff
+from melee_wm.encoding.encoder import ColumnMoments, column_moments
+from melee_wm.encoding.layout import Layout
+
+SHARD_PREFIX = "shard_"
+TMP_PREFIX = ".tmp_"  # shards being written, and the manifest while it is replaced
+LOCK_FILE = ".lock"
+WRITE_BLOCK_ROWS = 2048  # rows transposed per block when a shard is written; the buffer stays in cache
+
+
+class ColumnStats:
+    """Streaming float64 count / sum / sum of squares / min / max of each column."""
+
+    def __init__(self, num_columns: int) -> None:
+        self.count = 0
+        self.sum = np.zeros(num_columns)
+        self.sumsq = np.zeros(num_columns)
+        self.min = np.full(num_columns, np.inf)
+        self.max = np.full(num_columns, -np.inf)
+
+    def update(self, values: np.ndarray) -> None:
+        """values: (rows, num_columns)."""
+        self.merge(column_moments(np.ascontiguousarray(values.T)))
+
+    def merge(self, moments: ColumnMoments) -> None:
+        """Add the moments of more rows (e.g. one encoded game's, computed in the worker)."""
+        if moments.count == 0:
+            return
+        self.count += moments.count
+        self.sum += moments.sum
+        self.sumsq += moments.sumsq
+        self.min = np.minimum(self.min, moments.min)
+        self.max = np.maximum(self.max, moments.max)
+
+    def to_dict(self, names: Sequence[str]) -> dict[str, dict[str, float | None]]:
+        if self.count == 0:
+            return {n: {"mean": None, "std": None, "min": None, "max": None} for n in names}
+        mean = self.sum / self.count
+        std = np.sqrt(np.maximum(self.sumsq / self.count - mean**2, 0.0))
+        return {
+            n: {"mean": float(mean[i]), "std": float(std[i]), "min": float(self.min[i]), "max": float(self.max[i])}
+            for i, n in enumerate(names)
+        }
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _write_json_atomic(path: Path, data: dict) -> str:
+    """Write to a temporary file beside `path`, then rename over it (readers never see half a file); returns
+    the text written. Compact JSON: only the unindented form uses json's C encoder (large game lists)."""
+    tmp = path.with_name(f"{TMP_PREFIX}{path.name}")
+    text = json.dumps(data, separators=(",", ":"))  # dumps, not dump: only dumps uses the C encoder
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+    return text
+
+
+class _NpyAppender:
+    """A (rows, columns) .npy file written part by part: each part (columns, rows), one column per row, is
+    transposed block by block through a small reused buffer. The header, first written for 0 rows, is rewritten
+    with the final row count by `close` (both pad to the same 64-byte multiple)."""
+
+    def __init__(self, path: Path, dtype: np.dtype, columns: int) -> None:
+        self.path, self.dtype, self.columns, self.rows = path, dtype, columns, 0
+        self.buffer = np.empty((WRITE_BLOCK_ROWS, columns), dtype=dtype)
+        self.file = open(path, "wb")  # noqa: SIM115 (closed by `close`)
+        self._write_header()
+        self.data_start = self.file.tell()
+
+    def _write_header(self) -> None:
+        descr = np.lib.format.dtype_to_descr(self.dtype)
+        header = {"descr": descr, "fortran_order": False, "shape": (self.rows, self.columns)}
+        np.lib.format.write_array_header_1_0(self.file, header)
+
+    def append(self, part: np.ndarray) -> None:
+        if part.shape[0] != self.columns:
+            raise ValueError(f"{self.path}: a game has {part.shape[0]} columns, expected {self.columns}")
+        for start in range(0, part.shape[1], WRITE_BLOCK_ROWS):
+            block = self.buffer[: min(WRITE_BLOCK_ROWS, part.shape[1] - start)]
+            np.copyto(block, part[:, start : start + len(block)].T)
+            self.file.write(memoryview(block).cast("B"))
+        self.rows += part.shape[1]
+
+    def close(self) -> None:
+        self.file.seek(0)
+        self._write_header()
+        if self.file.tell() != self.data_start:
+            raise StoreError(f"{self.path}: the header for {self.rows} rows outgrew the space written for it")
+        self.file.close()
+
+
+@dataclass
+class _PendingGame:
+    """A game written into the open shard, kept until the shard is committed: its manifest row, repairs and
+    column moments (its columns are already on disk)."""
+
+    row: dict
+    nonfinite: dict[str, int]
+    clamped: dict[str, int]
+    float_moments: ColumnMoments
+    int_moments: ColumnMoments
+
+
+class _OpenShard:
+    """The next shard, written under its temporary name as games arrive. Each game is transposed and written on
+    the `writer` thread (numpy copies and file writes release the GIL) while the caller encodes the next; at most
+    one write is in flight, so two games at most are in memory."""
+
+    def __init__(self, out: Path, index: int, layout: Layout, writer: ThreadPoolExecutor) -> None:
+        self.index, self.name = index, _shard_name(index)
+        self.writer = writer
+        self.writing: Future | None = None
+        self.tmp = out / f"{TMP_PREFIX}{self.name}"
+        if self.tmp.exists():
+            shutil.rmtree(self.tmp)
+        self.tmp.mkdir()
+        self.floats = _NpyAppender(self.tmp / "floats.npy", FLOAT_DTYPE, layout.num_floats)
+        self.ints = _NpyAppender(self.tmp / "ints.npy", INT_DTYPE, layout.num_ints)
+        self.offsets = [0]
+
+    def append(self, game: EncodedFile) -> int:
+        """Start writing one game's columns (after the previous game's write ends); returns its row offset."""
+        self._wait()
+        self.writing = self.writer.submit(self._write, game.float_columns, game.int_columns)
+        self.offsets.append(self.offsets[-1] + game.float_columns.shape[1])
+        return self.offsets[-2]
+
+    def _write(self, floats: np.ndarray, ints: np.ndarray) -> None:
+        self.floats.append(floats)
+        self.ints.append(ints)
+
+    def _wait(self) -> None:
+        """Wait for the write in flight, raising its error."""
+        if self.writing is not None:
+            writing, self.writing = self.writing, None
+            writing.result()
+
+    def commit(self, folder: Path) -> None:
+        """Finish the files and rename the shard into place as `folder`."""
+        self._wait()
+        self.floats.close()
+        self.ints.close()
+        np.save(self.tmp / "game_offsets.npy", np.array(self.offsets, dtype=np.int64))
+        os.rename(self.tmp, folder)
+
+
+def _shard_name(index: int) -> str:
+    return f"{SHARD_PREFIX}{index:05d}"
+
+
+def _is_store_entry(name: str) -> bool:
+    return name in (MANIFEST, LOCK_FILE) or name.startswith((SHARD_PREFIX, TMP_PREFIX))
+
+
+def _remove_unlisted(out: Path, listed: set[str]) -> None:
+    """Delete temporary files and shard folders the manifest does not list (left by a killed run)."""
+    for entry in out.iterdir():
+        if entry.name.startswith(TMP_PREFIX) or (entry.name.startswith(SHARD_PREFIX) and entry.name not in listed):
+            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+
+
+def _clear_store(out: Path) -> None:
+    """Remove a store: the manifest first (so nothing half-deleted is ever readable), then its shards."""
+    (out / MANIFEST).unlink(missing_ok=True)
+    _remove_unlisted(out, set())
+
+
+@contextmanager
+def _locked(out: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the store folder so two builds cannot write it at once."""
+    with open(out / LOCK_FILE, "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise StoreError(f"{out}: another build is writing this store") from None
+        yield
+
+
+class _Writer:
+    """Main-process side of a build: collects worker results, writes shards, keeps the manifest current."""
+
+    def __init__(
+        self,
+        out: Path,
+        cfg: EncodingConfig,
+        filters: StoreFilters,
+        shard_frames: int,
+        dedupe: bool,
+        shard_writer: ThreadPoolExecutor,
+    ):
+        self.out = out
+        self.shard_writer = shard_writer  # the thread that writes games into the open shard
+        self.cfg = cfg
+        self.layout = Layout(cfg)
+        self.filters = filters
+        self.shard_frames = shard_frames
+        self.dedupe = dedupe
+        self.created = _now()
+        self.games: list[dict] = []  # committed (listed in the manifest)
+        self.shards: list[dict] = []
+        self.skipped: dict[str, dict] = {}  # path -> {path, md5, reason}
+        self.duplicates: dict[str, dict] = {}  # path -> {path, md5}
+        self.nonfinite: Counter = Counter()
+        self.clamped: Counter = Counter()
+        self.float_stats = ColumnStats(self.layout.num_floats)
+        self.int_stats = ColumnStats(self.layout.num_ints)
+        self.shard: _OpenShard | None = None
+        self.pending: list[_PendingGame] = []  # written into `shard`, not yet committed
+        self.pending_frames = 0
+        self.stored: dict[str, set[str]] = {}  # md5 -> paths, committed and pending
+        self.added = Counter()  # what this run did: games, frames, skipped, duplicates
+
+    def resume(self, manifest: dict) -> None:
+        """Take over a previous build's committed state (its listed shards are re-read for the stats)."""
+        self.created = manifest.get("created", self.created)
+        self.games = list(manifest["games"])
+        self.shards = list(manifest["shards"])
+        self.skipped = {r["path"]: r for r in manifest["skipped"]}
+        self.duplicates = {r["path"]: r for r in manifest["duplicates"]}
+        self.nonfinite.update(manifest["repairs"]["nonfinite"])
+        self.clamped.update(manifest["repairs"]["clamped"])
+        for row in self.games:
+            self.stored.setdefault(row["md5"], set()).add(row["path"])
+        for entry in self.shards:
+            shard = load_shard(self.out / entry["name"], entry, self.layout)
+            for start, end in zip(shard.game_offsets[:-1], shard.game_offsets[1:], strict=True):
+                self.float_stats.update(shard.floats[start:end])
+                self.int_stats.update(shard.ints[start:end])
+
+    def add(self, result: FileResult) -> None:
+        path = result.path
+        if isinstance(result, SkippedFile):
+            self.skipped[path] = {"path": path, "md5": result.md5, "reason": result.reason}
+            self.added["skipped"] += 1
+            return
+        self.skipped.pop(path, None)
+        known_paths = self.stored.get(result.md5, set())
+        if path in known_paths or path in self.duplicates:
+            return  # stored or counted by an earlier run
+        if isinstance(result, KnownFile) or (self.dedupe and known_paths):
+            self.duplicates[path] = {"path": path, "md5": result.md5}
+            self.added["duplicates"] += 1
+            return
+        self.stored.setdefault(result.md5, set()).add(path)
+        if self.shard is None:
+            self.shard = _OpenShard(self.out, len(self.shards), self.layout, self.shard_writer)
+        offset = self.shard.append(result)
+        row = dict(result.row, shard=self.shard.index, offset=offset)
+        row["nonfinite"] = sum(result.nonfinite.values())
+        row["clamped"] = sum(result.clamped.values())
+        self.pending.append(
+            _PendingGame(row, result.nonfinite, result.clamped, result.float_moments, result.int_moments)
+        )
+        frames = result.float_columns.shape[1]
+        self.pending_frames += frames
+        self.added["games"] += 1
+        self.added["frames"] += frames
+        if self.pending_frames >= self.shard_frames:
+            self.flush()
+
+    def flush(self, last: bool = False) -> None:
+        """Commit the open shard: finish its files, rename it into place, then list it and its games in the
+        manifest (`last`: the caller writes the complete manifest next, so the interim one is skipped)."""
+        if self.shard is None:
+            return
+        self.shard.commit(self.out / self.shard.name)
+        for game in self.pending:
+            self.games.append(game.row)
+            self.nonfinite.update(game.nonfinite)
+            self.clamped.update(game.clamped)
+            self.float_stats.merge(game.float_moments)
+            self.int_stats.merge(game.int_moments)
+        self.shards.append({"name": self.shard.name, "frames": self.shard.offsets[-1], "games": len(self.pending)})
+        self.shard = None
+        self.pending = []
+        self.pending_frames = 0
+        if not last:
+            self.write_manifest(complete=False)
+
+    def manifest(self, complete: bool) -> dict:
+        stats = self.float_stats.to_dict(self.layout.float_names)
+        stats.update(self.int_stats.to_dict(self.layout.int_names))
+        return {
+            "format_version": STORE_FORMAT_VERSION,
+            "encoder_version": ENCODER_VERSION,
+            "encoding_config": self.cfg.to_dict(),
+            "config_hash": self.cfg.config_hash(),
+            "float_columns": self.layout.float_names,
+            "int_columns": self.layout.int_names,
+            "filters": self.filters.to_dict(),
+            "dedupe": self.dedupe,
+            "counts": {
+                "games": len(self.games),
+                "frames": sum(s["frames"] for s in self.shards),
+                "skipped": len(self.skipped),
+                "duplicates": len(self.duplicates),
+                "shards": len(self.shards),
+            },
+            "column_stats": stats,
+            "repairs": {
+                "nonfinite": dict(sorted(self.nonfinite.items())),
+                "clamped": dict(sorted(self.clamped.items())),
+            },
+            "games": self.games,
+            "skipped": list(self.skipped.values()),
+            "duplicates": list(self.duplicates.values()),
+            "shards": self.shards,
+            "complete": complete,
+            "created": self.created,
+            "updated": _now(),
+        }
+
+    def write_manifest(self, complete: bool) -> str:
+        """Write the manifest; returns its JSON text."""
+        return _write_json_atomic(self.out / MANIFEST, self.manifest(complete))
+
+    def written_store(self, manifest_text: str) -> Store:
+        """The store as `open_store` would return it, from the manifest text just written and the shards this
+        writer made or resumed (it knows they agree, so nothing is re-read or re-checked but the arrays' maps)."""
+        manifest = json.loads(manifest_text)  # what the file holds, so `store.manifest` equals it exactly
+        return Store(
+            path=self.out,
+            manifest=manifest,
+            config=EncodingConfig.from_dict(manifest["encoding_config"]),
+            layout=self.layout,
+            shards=[map_shard(self.out / entry["name"]) for entry in self.shards],
+            games=manifest["games"],
+        )
+
+
+def _prepare(out: Path, writer: _Writer, overwrite: bool) -> None:
+    """Make `out` ready: fresh, overwritten, or resumed from its manifest (refusing a different config)."""
+    if (out / MANIFEST).is_file() and not overwrite:
+        manifest = read_manifest(out)
+        check_config(out, manifest, writer.cfg, "\nuse overwrite (--overwrite) to rebuild it")
+        if manifest.get("format_version") != STORE_FORMAT_VERSION or manifest.get("encoder_version") != ENCODER_VERSION:
+            raise StoreConfigError(
+                f"store {out} has format_version {manifest.get('format_version')} / encoder_version "
+                f"{manifest.get('encoder_version')}, this code writes {STORE_FORMAT_VERSION} / {ENCODER_VERSION}; "
+                "use overwrite (--overwrite) to rebuild it"
+            )
+        diff = config_diff(writer.filters.to_dict(), manifest["filters"])
+        if diff:
+            raise StoreConfigError(
+                f"store {out} was built with different filters; differing fields:\n"
+                + format_config_diff(diff, "requested", "store")
+                + "\nuse overwrite (--overwrite) to rebuild it"
+            )
+        _remove_unlisted(out, {s["name"] for s in manifest["shards"]})
+        writer.resume(manifest)
+        return
+    foreign = sorted(e.name for e in out.iterdir() if not _is_store_entry(e.name))
+    if foreign:
+        raise StoreError(f"{out} exists and is not an encoded store (it holds {foreign[:5]}); refusing to write there")
+    _clear_store(out)  # no manifest until the first shard is committed: there is nothing to list or resume yet
+
+
+def _progress(enabled: bool, console: Console) -> Progress | nullcontext:
+    if not enabled:
+        return nullcontext()
+    columns = (TextColumn("encoding"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    return Progress(*columns, console=console)
+
+
+def build_store(
+    replays: Sequence[str | Path],
+    out: str | Path,
+    cfg: EncodingConfig,
+    filters: StoreFilters | None = None,
+    *,
+    workers: int = 1,
+    shard_frames: int = 1_000_000,
+    overwrite: bool = False,
+    dedupe: bool = True,
+    progress: bool = True,
+) -> Store:
+    """Encode replay files and folders (searched recursively for `*.slp`) into the store at `out`.
+
+    Memory stays flat in the number of games (one shard of `shard_frames` frames is buffered). A rerun resumes
+    an interrupted or finished build with the same config and filters; a different config is refused
+    (StoreConfigError naming the fields) unless `overwrite`. Unusable and filtered files become skip
+    records with a reason. Returns the opened store.
+    """
+    if shard_frames < 1 or workers < 1:
+        raise ValueError(f"shard_frames and workers must be >= 1, got {shard_frames} and {workers}")
+    files = [str(p) for p in find_replays(replays)]
+    if not files:
+        raise FileNotFoundError(f"no *.slp replay files under {[str(p) for p in replays]}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    filters = filters or StoreFilters()
+    shard_writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="melee_wm-shard-writer")
+    writer = _Writer(out, cfg, filters, shard_frames, dedupe, shard_writer)
+    with _locked(out), shard_writer:
+        _prepare(out, writer, overwrite)
+        processor = FileProcessor(cfg, filters, {m: set(p) for m, p in writer.stored.items()}, dedupe)
+        if workers == 1:
+            pool = None
+            results = map(processor, files)
+        else:
+            context = multiprocessing.get_context("spawn")
+            pool = context.Pool(min(workers, len(files)), initializer=init_worker, initargs=(processor,))
+            results = pool.imap(process_in_worker, files, chunksize=1)
+        try:
+            with _progress(progress, Console(stderr=True)) as bar:
+                task = bar.add_task("encode", total=len(files)) if progress else None
+                for result in results:
+                    writer.add(result)
+                    if progress:
+                        bar.advance(task)
+        finally:
+            if pool is not None:
+                pool.terminate()
+                pool.join()
+        writer.flush(last=True)
+        store = writer.written_store(writer.write_manifest(complete=True))
+    if progress:
+        print_summary(store.manifest, Console(), added=writer.added)
+    return store
