@@ -7,8 +7,18 @@ import importlib.util
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from melee_wm.model.mamba2 import Mamba2, Mamba2State, _CausalConvSiluFn, _GatedRMSNormFn
+from melee_wm.model.mamba2 import (
+    Mamba2,
+    Mamba2State,
+    RMSNorm,
+    SplitLinear,
+    _CausalConvSiluFn,
+    _GatedRMSNormFn,
+    _RMSNormFn,
+    _SplitLinearFn,
+)
 from melee_wm.model.ssd import ssd_sequential
 
 CFG = {"d_model": 16, "d_state": 8, "d_conv": 4, "expand": 2, "headdim": 8, "ngroups": 2, "chunk_size": 8}
@@ -74,7 +84,7 @@ def reference_forward(block: Mamba2, u: torch.Tensor) -> torch.Tensor:
     """The block from zero state written the plain way: nn.Conv1d with its own padding, the sequential scan,
     and the gated RMSNorm formula."""
     d_inner, nheads, g, n = block.d_inner, block.nheads, block.ngroups, block.d_state
-    z, xbc, dt = block.in_proj(u).split([d_inner, block.conv_dim, nheads], dim=-1)
+    z, xbc, dt = F.linear(u, block.in_proj.weight, block.in_proj.bias).split([d_inner, block.conv_dim, nheads], dim=-1)
     xbc = F.silu(block.conv1d(xbc.transpose(1, 2))[..., : u.shape[1]].transpose(1, 2))
     x, B, C = xbc.split([d_inner, g * n, g * n], dim=-1)
     y, _ = ssd_sequential(
@@ -252,3 +262,52 @@ def test_block_gradients_with_carried_state():
         return out, state.conv, state.ssm
 
     assert torch.autograd.gradcheck(fn, (u, conv, ssm))
+
+
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_split_linear_values_and_gradients(with_bias):
+    """One matmul per output block == F.linear then split; gradients pass gradcheck, also with an unused output."""
+    g = torch.Generator().manual_seed(0)
+    sizes = [3, 4, 2]
+    x = torch.randn(2, 5, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(sum(sizes), 6, generator=g, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(sum(sizes), generator=g, dtype=torch.float64, requires_grad=True) if with_bias else None
+    outs = _SplitLinearFn.apply(x, weight, bias, sizes)
+    for out, ref in zip(outs, F.linear(x, weight, bias).split(sizes, dim=-1), strict=True):
+        torch.testing.assert_close(out, ref, **TIGHT)
+    inputs = (x, weight) if bias is None else (x, weight, bias)
+
+    def fn(*args):
+        return _SplitLinearFn.apply(args[0], args[1], args[2] if with_bias else None, sizes)
+
+    assert torch.autograd.gradcheck(fn, inputs)
+    assert torch.autograd.gradcheck(lambda *a: fn(*a)[1], inputs)  # the other outputs get no gradient
+
+
+def test_rmsnorm_matches_torch_and_gradients():
+    """RMSNorm == nn.RMSNorm (values, state dict); its hand-written backward passes gradcheck (float64)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 5, 8, generator=g, dtype=torch.float64, requires_grad=True)
+    ours, ref = RMSNorm(8, eps=1e-5).double(), nn.RMSNorm(8, eps=1e-5).double()
+    with torch.no_grad():
+        ref.weight.uniform_(0.5, 1.5, generator=g)
+    ours.load_state_dict(ref.state_dict(), strict=True)
+    torch.testing.assert_close(ours(x), ref(x), **TIGHT)
+    weight = ref.weight.detach().clone().requires_grad_()
+    torch.testing.assert_close(ours.float()(x.float()), ref.float()(x.float()))
+    assert ours(x.bfloat16()).dtype == torch.bfloat16
+    assert torch.autograd.gradcheck(lambda x_, w_: _RMSNormFn.apply(x_, w_, 1e-5), (x, weight))
+
+
+def test_split_linear_is_a_linear_with_split_outputs():
+    """SplitLinear: nn.Linear's parameters and initialisation; forward == F.linear split into `sizes`."""
+    torch.manual_seed(3)
+    ours = SplitLinear(5, [2, 4], bias=True)
+    torch.manual_seed(3)
+    ref = nn.Linear(5, 6)
+    assert isinstance(ours, nn.Linear)
+    assert ours.state_dict().keys() == ref.state_dict().keys()
+    assert all(torch.equal(a, b) for a, b in zip(ours.state_dict().values(), ref.state_dict().values(), strict=True))
+    x = torch.randn(3, 5)
+    for out, want in zip(ours(x), ref(x).split([2, 4], dim=-1), strict=True):
+        torch.testing.assert_close(out, want)

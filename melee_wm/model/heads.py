@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from melee_wm.encoding.layout import NUM_PLAYERS, Layout
 from melee_wm.model.config import ModelConfig
+from melee_wm.model.mamba2 import RMSNorm
 
 
 @dataclass
@@ -56,11 +57,11 @@ class PredictionHeads(nn.Module):
         self.num_ctrl = ctrl.stop - ctrl.start
         self.unimix = cfg.unimix
         self.ctrl_proj = nn.Linear(self.num_ctrl, d)
-        self.norm = nn.RMSNorm(d, eps=cfg.norm_eps)
+        self.norm = RMSNorm(d, eps=cfg.norm_eps)
         self.fc1 = nn.Linear(d, cfg.head_hidden)
         self.fc2 = nn.Linear(cfg.head_hidden, d)
         self.dropout = nn.Dropout(cfg.dropout)
-        self.out_norm = nn.RMSNorm(d, eps=cfg.norm_eps)
+        self.out_norm = RMSNorm(d, eps=cfg.norm_eps)
         # Output layout: float groups (width = both players' columns), then categorical fields (2 * vocab).
         self.float_widths = {
             g: layout.float_slice(g).stop - layout.float_slice(g).start for g in layout.target_float_groups

@@ -21,6 +21,109 @@ BACKENDS = ("torch", "mamba_ssm")
 _CACHE_ELEMENTS = 1 << 20  # block size (elements) for reductions that should stay in cache
 
 
+class _SplitLinearFn(torch.autograd.Function):
+    """x @ weight.T + bias, returned as one output per block of ``sizes`` output features, each its own matmul.
+
+    Same values as ``F.linear(...).split(sizes, -1)``, but neither the full output nor its gradient is ever one
+    tensor: no cat of the gradients in backward, and no full-width allocation (fresh large blocks are costly:
+    glibc maps blocks over 32 MB afresh, page faults and all, at every call).
+    x: (..., in_features); weight: (sum(sizes), in_features); bias: (sum(sizes),) or None.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, sizes):
+        x2 = x.reshape(-1, x.shape[-1])
+        biases = [None] * len(sizes) if bias is None else bias.split(sizes)
+        outs = tuple(
+            (torch.mm(x2, w.t()) if b is None else torch.addmm(b, x2, w.t())).view(*x.shape[:-1], w.shape[0])
+            for w, b in zip(weight.split(sizes), biases, strict=True)
+        )
+        ctx.save_for_backward(x, weight)
+        ctx.sizes, ctx.has_bias = sizes, bias is not None
+        ctx.set_materialize_grads(False)
+        return outs
+
+    @staticmethod
+    def backward(ctx, *grads):
+        x, weight = ctx.saved_tensors
+        sizes = ctx.sizes
+        used = [g for g in grads if g is not None]
+        if not used:
+            return None, None, None, None
+        cd = used[0].dtype  # under autocast the outputs (and their gradients) are narrower than x and weight
+        x2 = x.reshape(-1, x.shape[-1]).to(cd)
+        grads2 = [None if g is None else g.reshape(-1, g.shape[-1]).to(cd) for g in grads]
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            for g, w in zip(grads2, weight.to(cd).split(sizes), strict=True):
+                if g is not None:
+                    grad_x = torch.mm(g, w) if grad_x is None else grad_x.addmm_(g, w)
+            grad_x = grad_x.view(x.shape).to(x.dtype)
+        if ctx.needs_input_grad[1]:
+            grad_w = weight.new_empty(weight.shape, dtype=cd)
+            for g, out in zip(grads2, grad_w.split(sizes), strict=True):
+                if g is None:
+                    out.zero_()
+                else:
+                    torch.mm(g.t(), x2, out=out)
+            grad_w = grad_w.to(weight.dtype)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = torch.cat([x2.new_zeros(n) if g is None else g.sum(0) for g, n in zip(grads2, sizes, strict=True)])
+        return grad_x, grad_w, grad_b, None
+
+
+class SplitLinear(nn.Linear):
+    """``nn.Linear(in_features, sum(sizes))`` (same parameters and initialisation) whose forward returns the
+    output split into blocks of ``sizes`` features, each computed by its own matmul (see ``_SplitLinearFn``)."""
+
+    def __init__(self, in_features: int, sizes: list[int], bias: bool = True):
+        super().__init__(in_features, sum(sizes), bias=bias)
+        self.sizes = list(sizes)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, ...]:
+        """x: (..., in_features) -> one (..., size) tensor per entry of ``sizes``."""
+        return _SplitLinearFn.apply(x, self.weight, self.bias, self.sizes)
+
+
+class _RMSNormFn(torch.autograd.Function):
+    """x * rsqrt(mean(x², -1) + eps) * weight, with a hand-written backward (a few full-size passes instead of
+    autograd's chain of elementwise ops). x: (..., d); weight: (d,); both in one dtype."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, eps: float) -> Tensor:
+        rstd = torch.rsqrt(torch.linalg.vector_norm(x, dim=-1, keepdim=True).square_().div_(x.shape[-1]).add_(eps))
+        ctx.save_for_backward(x, weight, rstd)
+        return (x * rstd).mul_(weight)
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        x, weight, rstd = ctx.saved_tensors
+        grad_x = grad_weight = None
+        if ctx.needs_input_grad[0]:
+            grad_n = grad_out * weight
+            dot = torch.linalg.vecdot(grad_n, x, dim=-1).unsqueeze(-1)
+            grad_x = grad_n.mul_(rstd).addcmul_(x, rstd.pow(3).mul_(dot).div_(-x.shape[-1]))
+        if ctx.needs_input_grad[1]:  # sum over rows of grad_out * x * rstd, as one (1, rows) @ (rows, d) product
+            grad_weight = rstd.flatten()[None].mm((grad_out * x).flatten(0, -2))[0]
+        return grad_x, grad_weight, None
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm over the last dim, a drop-in for ``nn.RMSNorm(hidden_size, eps)`` (same parameter, output in x's
+    dtype) with a fused backward. Computed in float32 (or wider)."""
+
+    def __init__(self, hidden_size: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(hidden_size))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x: (..., hidden_size) -> (..., hidden_size)."""
+        cd = scan_dtype(x, self.weight)
+        out = _RMSNormFn.apply(x.to(cd), self.weight.to(cd), self.eps)
+        return out.to(x.dtype)
+
+
 class _GatedRMSNormFn(torch.autograd.Function):
     """out = RMSNorm over groups of (x * silu(z)) * weight, with a hand-written backward that makes a few
     full-size passes instead of autograd's chain of elementwise ops (all tensors in one dtype)."""
@@ -53,6 +156,16 @@ class _GatedRMSNormFn(torch.autograd.Function):
         return grad_x, grad_z, grad_weight, None, None
 
 
+def _depthwise_conv(x: Tensor, weight: Tensor, bias: Tensor | None, padding: int) -> Tensor:
+    """out[:, t] = bias + sum_s weight[:, s] * x[:, t + s - padding], x taken as zero outside its positions.
+    x: (batch, positions, channels) -> (batch, positions + 2 * padding - d_conv + 1, channels); weight:
+    (channels, d_conv). One depthwise conv2d over the channels-last view of x (no layout copy)."""
+    out = F.conv2d(
+        x.transpose(1, 2).unsqueeze(2), weight[:, None, None, :], bias, padding=(0, padding), groups=x.shape[2]
+    )
+    return out.squeeze(2).transpose(1, 2)
+
+
 class _CausalConvSiluFn(torch.autograd.Function):
     """silu(causal depthwise conv(x) + bias + head), over the (batch, seqlen, channels) layout.
 
@@ -64,10 +177,7 @@ class _CausalConvSiluFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, head, weight, bias, splits):
-        seqlen, k = x.shape[1], weight.shape[1]
-        pre = x * weight[:, k - 1] if bias is None else torch.addcmul(bias, x, weight[:, k - 1])
-        for shift in range(1, min(k, seqlen)):
-            pre[:, shift:].addcmul_(x[:, : seqlen - shift], weight[:, k - 1 - shift])
+        pre = _depthwise_conv(x, weight, bias, weight.shape[1] - 1)[:, : x.shape[1]]  # causal: the first seqlen
         if head is not None:
             pre[:, : head.shape[1]] += head
         ctx.save_for_backward(x, weight, pre)
@@ -78,17 +188,18 @@ class _CausalConvSiluFn(torch.autograd.Function):
     def backward(ctx, *grads):
         x, weight, pre = ctx.saved_tensors
         seqlen, k = x.shape[1], weight.shape[1]
-        grad_pre = torch.empty_like(pre)
+        # grad_pre is stored zero-padded after its last position: the transposed conv for grad_x reads it as is.
+        padded = pre.new_empty(pre.shape[0], seqlen + k - 1, pre.shape[2])
+        padded[:, seqlen:].zero_()
+        grad_pre = padded[:, :seqlen]
         for g, p, out in zip(grads, pre.split(ctx.splits, -1), grad_pre.split(ctx.splits, -1), strict=True):
             if g is None:
                 out.zero_()
             else:
                 torch.ops.aten.silu_backward.grad_input(g.to(p.dtype), p, grad_input=out)
         grad_x = grad_weight = None
-        if ctx.needs_input_grad[0]:
-            grad_x = grad_pre * weight[:, k - 1]
-            for shift in range(1, min(k, seqlen)):
-                grad_x[:, : seqlen - shift].addcmul_(grad_pre[:, shift:], weight[:, k - 1 - shift])
+        if ctx.needs_input_grad[0]:  # the transposed conv: flipped taps, padded after instead of before
+            grad_x = _depthwise_conv(padded, weight.flip(-1), None, 0)
         if ctx.needs_input_grad[2]:
             grad_weight = torch.zeros_like(weight)
             step = max(1, _CACHE_ELEMENTS // (seqlen * x.shape[2]))  # batch rows per cache-sized block
@@ -97,7 +208,7 @@ class _CausalConvSiluFn(torch.autograd.Function):
                 for shift in range(min(k, seqlen)):
                     grad_weight[:, k - 1 - shift] += (gp[:, shift:] * xb[:, : seqlen - shift]).sum((0, 1))
         grad_head = grad_pre[:, : min(k - 1, seqlen)] if ctx.has_head and ctx.needs_input_grad[1] else None
-        grad_bias = grad_pre.sum((0, 1)) if ctx.has_bias and ctx.needs_input_grad[3] else None
+        grad_bias = padded.sum((0, 1)) if ctx.has_bias and ctx.needs_input_grad[3] else None  # padding adds 0
         return None if grad_x is None else grad_x.to(x.dtype), grad_head, grad_weight, grad_bias, None
 
 
@@ -171,7 +282,7 @@ class Mamba2(nn.Module):
         self._kernels = _load_mamba_ssm() if backend == "mamba_ssm" else None
         self.conv_dim = self.d_inner + 2 * ngroups * d_state
 
-        self.in_proj = nn.Linear(d_model, self.d_inner + self.conv_dim + self.nheads, bias=bias)  # [z, xBC, dt]
+        self.in_proj = SplitLinear(d_model, [self.d_inner, self.conv_dim, self.nheads], bias=bias)  # z, xBC, dt
         self.conv1d = nn.Conv1d(
             self.conv_dim, self.conv_dim, d_conv, groups=self.conv_dim, padding=d_conv - 1, bias=conv_bias
         )
@@ -202,9 +313,6 @@ class Mamba2(nn.Module):
                 dtype=torch.promote_types(torch.float32, dtype),
             ),
         )
-
-    def _split(self, zxbcdt: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        return zxbcdt.split([self.d_inner, self.conv_dim, self.nheads], dim=-1)
 
     def _ssm_inputs(self, xbc: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Post-conv xBC (..., conv_dim) -> x (..., nheads, headdim), B and C (..., ngroups, d_state)."""
@@ -240,7 +348,7 @@ class Mamba2(nn.Module):
     def forward(self, u: Tensor, state: Mamba2State | None = None) -> tuple[Tensor, Mamba2State]:
         """u: (batch, seqlen, d_model); state from ``init_state``/a previous call, or None (zeros).
         Returns (batch, seqlen, d_model) and the state after the last position."""
-        z, xbc, dt = self._split(self.in_proj(u))
+        z, xbc, dt = self.in_proj(u)
         if self.backend == "mamba_ssm":
             y, new_state = self._forward_mamba_ssm(z, xbc, dt, state)
         else:
@@ -266,7 +374,7 @@ class Mamba2(nn.Module):
     def step(self, u_t: Tensor, state: Mamba2State) -> tuple[Tensor, Mamba2State]:
         """One position. u_t: (batch, d_model) -> (batch, d_model) and a new state (``state`` is untouched).
         Pure PyTorch with every backend (it is the same math on CUDA)."""
-        z, xbc, dt = self._split(self.in_proj(u_t))
+        z, xbc, dt = self.in_proj(u_t)
         window = torch.cat([state.conv[..., 1:], xbc[..., None].to(state.conv.dtype)], dim=-1)
         conv = (window * self.conv1d.weight[:, 0]).sum(-1)
         if self.conv1d.bias is not None:

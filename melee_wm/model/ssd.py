@@ -112,12 +112,17 @@ def ssd_chunked(
     """Chunked SSD for training: quadratic attention-like form inside chunks, recurrence between them.
 
     Same arguments and results as ``ssd_sequential``; any seqlen (the ragged tail is padded with dt = 0,
-    which neither decays nor feeds the state, so results are exact).
+    which neither decays nor feeds the state, so results are exact). A sequence of at most
+    ``chunk_size + 2 * d_state`` positions runs as one chunk: per head channel the quadratic form costs
+    ~seqlen², state passing ~seqlen * (chunk_size + 2 * d_state) (chunk states, then their read-out).
     """
     _check_shapes(x, dt, A, B, C, initial_state)
     if chunk_size < 1:
         raise ValueError(f"ssd_chunked: chunk_size must be >= 1, got {chunk_size}")
     out_dtype = x.dtype
+    seqlen, d_state = x.shape[1], B.shape[-1]
+    if seqlen <= chunk_size + 2 * d_state:
+        chunk_size = max(seqlen, 1)
     with torch.autocast(x.device.type, enabled=False):
         cd = scan_dtype(x, dt, A, B, C, initial_state, D)
         y, final_state = _chunked(
@@ -143,10 +148,10 @@ def _chunked(
     initial_state: Tensor | None,
     D: Tensor | None,
 ) -> tuple[Tensor, Tensor]:
-    """The SSD algorithm on same-dtype tensors; see ``ssd_chunked``. The heavy products are batched matmuls
-    with the heads of a group folded into the matrix rows, so B and C are never broadcast over heads.
-    State-sized tensors (batch, nheads, headdim, d_state) are the largest here: none is zero-filled, stacked
-    or split in either direction."""
+    """The SSD algorithm on same-dtype tensors; see ``ssd_chunked``. The heavy products are batched matmuls:
+    per head for the chunk outputs and states (B weighted per head, x head-major), with the heads of a group
+    folded into the matrix rows for the read-out of entering states. State-sized tensors (batch, nheads,
+    headdim, d_state) are the largest here: none is zero-filled, stacked or split in either direction."""
     batch, seqlen, nheads, headdim = x.shape
     ngroups, d_state = B.shape[-2:]
     per_group = nheads // ngroups
@@ -164,19 +169,21 @@ def _chunked(
 
     # 1. Within chunks: y_i = sum_{j<=i} (C_i·B_j) exp(a_i - a_j) dt_j x_j (+ D x_i, on the diagonal).
     causal = torch.ones(q, q, dtype=torch.bool, device=x.device).tril()
-    seg = (a_cum[..., :, None] - a_cum[..., None, :]).masked_fill(~causal, -math.inf)
+    seg = (a_cum[..., :, None] - a_cum[..., None, :]).masked_fill_(~causal, -math.inf)
     decay = (torch.exp(seg) * dtc[..., None, :]).view(batch, nchunks, ngroups, per_group, q, q)
     scores = (decay * (Cc @ Bc.transpose(-1, -2))[:, :, :, None]).view(batch, nchunks, nheads, q, q)
-    if D is not None:
-        scores = scores + D[:, None, None] * torch.eye(q, dtype=x.dtype, device=x.device)
-    y = (scores @ xc.transpose(2, 3)).transpose(2, 3).contiguous()  # (b, c, q, h, p)
+    if D is not None:  # in place on the diagonal alone (forward and backward touch q entries per head, not q²)
+        scores.diagonal(dim1=-2, dim2=-1).add_(D[:, None])
+    x_hm = xc.transpose(2, 3).contiguous()  # (b, c, h, q, p): head-major, as the products below read it
+    y = (scores @ x_hm).transpose(2, 3).contiguous()  # (b, c, q, h, p)
 
-    # 2. Each chunk's own contribution to the state at its end: (b, c', h, p, n) for the chunks in `part`.
-    to_end = (torch.exp(a_cum[..., -1:] - a_cum) * dtc).transpose(2, 3)[..., None]  # (b, c, q, h, 1)
+    # 2. Each chunk's own contribution to the state at its end: (b, c', h, p, n) for the chunks in `part`,
+    # x^T @ (B weighted per head by its decay to the chunk's end and dt): the product lands in state layout.
+    to_end = (torch.exp(a_cum[..., -1:] - a_cum) * dtc).view(batch, nchunks, ngroups, per_group, q, 1)
 
     def chunk_states(part: slice) -> Tensor:
-        xw = (xc[:, part] * to_end[:, part]).view(batch, -1, q, ngroups, per_group * headdim)
-        return (xw.permute(0, 1, 3, 4, 2) @ Bc[:, part]).view(batch, -1, nheads, headdim, d_state)
+        Bw = (to_end[:, part] * Bc[:, part, :, None]).view(batch, -1, nheads, q, d_state)
+        return x_hm[:, part].transpose(-1, -2) @ Bw
 
     # 3. Pass states between chunks: the state entering chunk k, for every chunk that has one. The last
     # chunk's contribution feeds only the final state, so it is computed apart (no gradient: no backward).

@@ -14,7 +14,7 @@ from melee_wm.encoding.layout import Layout
 from melee_wm.model.config import ModelConfig
 from melee_wm.model.embedding import FrameEmbedding
 from melee_wm.model.heads import Prediction, PredictionHeads
-from melee_wm.model.mamba2 import Mamba2, Mamba2State
+from melee_wm.model.mamba2 import Mamba2, Mamba2State, RMSNorm
 from melee_wm.model.mlp import FrameStackMLP
 from melee_wm.model.summary import model_summary
 
@@ -35,7 +35,7 @@ class ResidualBlock(nn.Module):
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        self.norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps)
         self.mixer = Mamba2(
             cfg.d_model,
             d_state=cfg.d_state,
@@ -76,7 +76,7 @@ class WorldModel(nn.Module):
         self.in_proj = nn.Linear(self.embed.out_dim, cfg.d_model)
         self.in_dropout = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(ResidualBlock(cfg) for _ in range(cfg.n_layers))
-        self.norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps)
         self.heads = PredictionHeads(cfg, layout)
 
     def init_state(
