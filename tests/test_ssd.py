@@ -170,17 +170,19 @@ def test_gradients_from_y_alone_match_sequential(seqlen, with_state):
 
 @pytest.mark.parametrize("with_state", [False, True])
 def test_one_chunk_and_chunked_forms_agree_at_the_switch(with_state):
-    """Up to chunk_size + 2 * d_state positions run as one chunk, one more runs chunked: both equal the
-    recurrence, values and gradients."""
+    """Up to chunk_size + 2 * d_state positions run as one chunk, one more runs chunked, and
+    single_chunk_max=0 forces chunks at any length: all equal the recurrence, values and gradients."""
     longest_dense = CHUNK + 2 * D_STATE
     for seqlen in (longest_dense, longest_dense + 1):
         inputs = [t if t is None else t.requires_grad_() for t in make_inputs(seqlen=seqlen, with_state=with_state)]
         leaves = [t for t in inputs if t is not None]
         grad_y = torch.randn(inputs[0].shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
         results = []
-        for fn in (lambda *a, **k: ssd_chunked(*a, chunk_size=CHUNK, **k), ssd_sequential):
+        forced = lambda *a, **k: ssd_chunked(*a, chunk_size=CHUNK, single_chunk_max=0, **k)  # noqa: E731
+        for fn in (lambda *a, **k: ssd_chunked(*a, chunk_size=CHUNK, **k), forced, ssd_sequential):
             x, dt, A, B, C, state, D = inputs
             y, final = fn(x, dt, A, B, C, initial_state=state, D=D)
             results.append((y, final, *torch.autograd.grad(y, leaves, grad_y)))
-        for got, want in zip(*results, strict=True):
-            torch.testing.assert_close(got, want, **TOL[torch.float64])
+        for auto, chunked, want in zip(*results, strict=True):
+            torch.testing.assert_close(auto, want, **TOL[torch.float64])
+            torch.testing.assert_close(chunked, want, **TOL[torch.float64])

@@ -25,7 +25,7 @@ class ModelConfig:
     expand: int = 2
     headdim: int = 64
     ngroups: int = 1
-    chunk_size: int = 15
+    chunk_size: int = 15  # SSD chunk length; windows up to chunk_size + 2 * d_state run as one chunk (exact)
     backend: str = "torch"  # "torch" (pure PyTorch, any device) or "mamba_ssm" (fused CUDA kernels)
     dt_min: float = 0.001
     dt_max: float = 0.1

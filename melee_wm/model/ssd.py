@@ -108,20 +108,22 @@ def ssd_chunked(
     chunk_size: int,
     initial_state: Tensor | None = None,
     D: Tensor | None = None,
+    single_chunk_max: int | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Chunked SSD for training: quadratic attention-like form inside chunks, recurrence between them.
 
     Same arguments and results as ``ssd_sequential``; any seqlen (the ragged tail is padded with dt = 0,
     which neither decays nor feeds the state, so results are exact). A sequence of at most
-    ``chunk_size + 2 * d_state`` positions runs as one chunk: per head channel the quadratic form costs
-    ~seqlen², state passing ~seqlen * (chunk_size + 2 * d_state) (chunk states, then their read-out).
+    ``single_chunk_max`` positions (default ``chunk_size + 2 * d_state``; 0 never) runs as one chunk: per head
+    channel the quadratic form costs ~seqlen², state passing ~seqlen * (chunk_size + 2 * d_state) (chunk
+    states, then their read-out). The chunk length changes the cost, never the result.
     """
     _check_shapes(x, dt, A, B, C, initial_state)
     if chunk_size < 1:
         raise ValueError(f"ssd_chunked: chunk_size must be >= 1, got {chunk_size}")
     out_dtype = x.dtype
     seqlen, d_state = x.shape[1], B.shape[-1]
-    if seqlen <= chunk_size + 2 * d_state:
+    if seqlen <= (chunk_size + 2 * d_state if single_chunk_max is None else single_chunk_max):
         chunk_size = max(seqlen, 1)
     with torch.autocast(x.device.type, enabled=False):
         cd = scan_dtype(x, dt, A, B, C, initial_state, D)
