@@ -11,6 +11,7 @@ import pytest
 from melee_wm.encoding import encoder
 from melee_wm.encoding.config import (
     BUTTON_BITS,
+    ENCODER_VERSION,
     STATE_FLAG_BITS,
     EncodingConfig,
     config_diff,
@@ -73,6 +74,10 @@ def test_unknown_or_bad_config_keys_are_errors(tmp_path):
         EncodingConfig(buttons=["jump"])
     with pytest.raises(ValueError, match="vocab"):
         EncodingConfig(action_vocab=1)
+    with pytest.raises(ValueError, match="int16"):
+        EncodingConfig(ground_vocab=40_000)
+    with pytest.raises(ValueError, match="version"):
+        EncodingConfig(version=ENCODER_VERSION + 1)
     with pytest.raises(ValueError, match="bogus"):
         load_encoding_config(None, ["bogus=1"])
     with pytest.raises(ValueError, match="action_vocab"):

@@ -245,3 +245,43 @@ def test_killed_build_resumes_to_the_same_store(replay_dir, tmp_path):
     assert sorted(p.name for p in out.iterdir() if p.name != ".lock") == sorted(
         [MANIFEST] + [s["name"] for s in resumed.manifest["shards"]]
     )
+
+
+def test_resume_refuses_a_different_dedupe_setting(replay_dir, tmp_path):
+    folder = _copy(replay_dir, TINY, tmp_path / "in")
+    out = tmp_path / "store"
+    _build([folder], out)
+    with pytest.raises(StoreConfigError, match="dedupe"):
+        _build([folder], out, dedupe=False)
+
+
+def test_a_bug_in_our_code_stops_the_build_instead_of_skipping_files(replay_dir, tmp_path, monkeypatch):
+    """Only bad replays become skip records: an error of the encoder itself must not end as an empty store."""
+    import melee_wm.data.pipeline as pipeline
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("encoder bug")
+
+    monkeypatch.setattr(pipeline, "encode_columns", broken)
+    out = tmp_path / "store"
+    with pytest.raises(RuntimeError, match="encoder bug"):
+        _build([_copy(replay_dir, TINY, tmp_path / "in")], out)
+    assert not (out / MANIFEST).exists()
+
+
+def test_any_peppi_failure_is_a_skip_record(replay_dir, tmp_path, monkeypatch):
+    """peppi raising something other than OSError (a Rust panic, a ValueError in its wrapper) skips the file."""
+    import melee_wm.replay.parse as parse
+
+    real = parse.peppi_py.read_slippi
+
+    def fails_on_netplay(path, *args, **kwargs):
+        if "netplay" in path:
+            raise ValueError("malformed event payload")
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(parse.peppi_py, "read_slippi", fails_on_netplay)
+    store = _build([_copy(replay_dir, TINY, tmp_path / "in")], tmp_path / "store")
+    assert store.num_games == 1
+    (skip,) = store.manifest["skipped"]
+    assert "netplay" in skip["path"] and skip["reason"] == "peppi failed: ValueError: malformed event payload"

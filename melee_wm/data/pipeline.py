@@ -151,12 +151,8 @@ class FileProcessor:
             if reason is not None:
                 return SkippedFile(path, parsed.meta.md5, reason)
             encoded = encode_columns(parsed, self.cfg, self.layout)
-        except ReplayError as err:
+        except ReplayError as err:  # a bad replay is skipped and recorded; a bug in our own code stops the build
             return SkippedFile(path, md5.result(), err.reason)
-        except (KeyboardInterrupt, SystemExit):
-            raise
-        except BaseException as err:  # peppi's Rust panics derive from BaseException; one bad file never aborts
-            return SkippedFile(path, md5.result(), f"failed: {type(err).__name__}: {err}")
         return EncodedFile(
             path=path,
             md5=parsed.meta.md5,

@@ -13,12 +13,13 @@ import json
 import multiprocessing
 import os
 import shutil
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from multiprocessing.pool import AsyncResult, Pool
 from pathlib import Path
 
 import numpy as np
@@ -394,10 +395,13 @@ def _prepare(out: Path, writer: _Writer, overwrite: bool) -> None:
                 f"{manifest.get('encoder_version')}, this code writes {STORE_FORMAT_VERSION} / {ENCODER_VERSION}; "
                 "use overwrite (--overwrite) to rebuild it"
             )
-        diff = config_diff(writer.filters.to_dict(), manifest["filters"])
+        diff = config_diff(
+            {**writer.filters.to_dict(), "dedupe": writer.dedupe},
+            {**manifest["filters"], "dedupe": manifest.get("dedupe")},
+        )
         if diff:
             raise StoreConfigError(
-                f"store {out} was built with different filters; differing fields:\n"
+                f"store {out} was built with different filters or dedupe; differing fields:\n"
                 + format_config_diff(diff, "requested", "store")
                 + "\nuse overwrite (--overwrite) to rebuild it"
             )
@@ -408,6 +412,18 @@ def _prepare(out: Path, writer: _Writer, overwrite: bool) -> None:
     if foreign:
         raise StoreError(f"{out} exists and is not an encoded store (it holds {foreign[:5]}); refusing to write there")
     _clear_store(out)  # no manifest until the first shard is committed: there is nothing to list or resume yet
+
+
+def _bounded_in_order(pool: Pool, files: list[str], in_flight: int) -> Iterator[FileResult]:
+    """Results of `process_in_worker` over `files`, in order, with at most `in_flight` files submitted and not
+    yet consumed: fast workers wait for the writer instead of piling encoded games up in memory."""
+    pending: deque[AsyncResult] = deque()
+    for path in files:
+        if len(pending) == in_flight:
+            yield pending.popleft().get()
+        pending.append(pool.apply_async(process_in_worker, (path,)))
+    while pending:
+        yield pending.popleft().get()
 
 
 def _progress(enabled: bool, console: Console) -> Progress | nullcontext:
@@ -455,7 +471,7 @@ def build_store(
         else:
             context = multiprocessing.get_context("spawn")
             pool = context.Pool(min(workers, len(files)), initializer=init_worker, initargs=(processor,))
-            results = pool.imap(process_in_worker, files, chunksize=1)
+            results = _bounded_in_order(pool, files, 2 * workers)
         try:
             with _progress(progress, Console(stderr=True)) as bar:
                 task = bar.add_task("encode", total=len(files)) if progress else None

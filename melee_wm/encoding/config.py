@@ -19,6 +19,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 # Bump whenever the encoder's output for a given config changes meaning.
 ENCODER_VERSION = 1
+INT16_IDS = 1 << 15  # categorical ids are stored as int16: at most this many per vocabulary
 
 # Bit positions of `post.state_flags` read as one 40-bit integer (b0 + b1<<8 + ... + b4<<32); names as in
 # py-slippi's StateFlags.
@@ -87,6 +88,11 @@ class EncodingConfig:
     )
 
     def __post_init__(self) -> None:
+        if self.version != ENCODER_VERSION:
+            raise ValueError(
+                f"EncodingConfig.version: this code encodes version {ENCODER_VERSION}, got {self.version} "
+                "(a store from another encoder version must be rebuilt)"
+            )
         unknown = [b for b in self.buttons if b not in BUTTON_BITS]
         if unknown:
             raise ValueError(f"EncodingConfig.buttons: unknown {unknown}; expected names from {sorted(BUTTON_BITS)}")
@@ -101,9 +107,9 @@ class EncodingConfig:
                 raise ValueError(f"EncodingConfig.{name}: duplicate entries in {values}")
             setattr(self, name, values)
         vocabs = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name.endswith("_vocab")}
-        small = {k: v for k, v in vocabs.items() if v < 2}
-        if small:
-            raise ValueError(f"EncodingConfig: vocabulary sizes must be >= 2, got {small}")
+        bad = {k: v for k, v in vocabs.items() if not 2 <= v <= INT16_IDS}
+        if bad:
+            raise ValueError(f"EncodingConfig: vocabulary sizes must be in [2, {INT16_IDS}] (int16 ids), got {bad}")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict of every field."""

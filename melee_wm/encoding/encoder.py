@@ -8,10 +8,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from melee_wm.encoding.config import BUTTON_BITS, STATE_FLAG_BITS, EncodingConfig
-from melee_wm.encoding.layout import NUM_PLAYERS, STAGE_FIELD, STICK_THRESHOLD_FEATURES, Layout
+from melee_wm.encoding.layout import NUM_PLAYERS, STAGE_FIELD, STICK_THRESHOLD_FEATURES, VELOCITY_FIELDS, Layout
 from melee_wm.replay.parse import AIRBORNE_GROUND, ParsedGame
 
-INT16_MAX = np.iinfo(np.int16).max
 MOMENT_BLOCK_BYTES = 1 << 19  # float64 values `column_moments` widens at a time (a cache-sized buffer)
 
 
@@ -148,7 +147,7 @@ def player_float_features(raw: dict[str, np.ndarray], cfg: EncodingConfig) -> di
         **sticks,
         "trigger": raw["trigger"],
     }
-    for name in ("vel_self_x_air", "vel_self_y", "vel_knockback_x", "vel_knockback_y", "vel_self_x_ground"):
+    for name in VELOCITY_FIELDS:
         out[name] = raw[name] * cfg.velocity_scale
     for name in cfg.state_flags:
         out[f"flag_{name}"] = _flag(flags, STATE_FLAG_BITS[name])
@@ -215,7 +214,7 @@ def encode_columns(game: ParsedGame, cfg: EncodingConfig, layout: Layout | None 
             ids = np.full(n, game.meta.stage, dtype=np.int64)
         else:
             ids = per_player_ints[column.player][column.field]
-        vocab = min(column.vocab, INT16_MAX + 1)
+        vocab = column.vocab  # <= INT16_IDS, checked by EncodingConfig
         out_of_vocab = (ids < 0) | (ids >= vocab)
         if out_of_vocab.any():
             stats.clamped[column.name] += int(out_of_vocab.sum())

@@ -21,7 +21,8 @@ import numpy as np
 import peppi_py
 import pyarrow as pa
 
-NUM_PLAYERS = 2
+from melee_wm.encoding.layout import NUM_PLAYERS
+
 AIRBORNE_GROUND = 65535  # `post.ground` value peppi reports when a player stands on nothing
 
 # Accessors from a peppi `Data` (pre + post of one player) to each parsed field. `None` anywhere on the path
@@ -216,6 +217,12 @@ def parse_replay(path: str | Path, md5: str | BackgroundMd5 | None = None) -> Pa
         game = peppi_py.read_slippi(str(path))
     except OSError as err:
         raise ReplayError(path, f"unreadable by peppi: {err}") from None
+    except BaseException as err:  # whatever else peppi raises on a malformed file, its Rust panics included
+        if isinstance(err, (KeyboardInterrupt, SystemExit)) or not (
+            isinstance(err, Exception) or type(err).__name__ == "PanicException"
+        ):
+            raise
+        raise ReplayError(path, f"peppi failed: {type(err).__name__}: {err}") from None
     players = game.start.players
     if len(players) != NUM_PLAYERS:
         raise ReplayError(path, f"expected {NUM_PLAYERS} players, found {len(players)}")
