@@ -67,6 +67,7 @@ def test_demo_and_samples(replay_dir, tmp_path, monkeypatch, capsys):
     assert main(["demo", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "39,188" in printed and "persistence baseline" in printed
+    assert "0.5566" in printed  # the README's figure: persistence pos_mae over all windows of the samples
     assert open_store(out).num_games == 6
 
 
