@@ -36,6 +36,7 @@ class ChangeAccuracy(Metric):
         self.add_state("total", default=torch.zeros(NUM_PLAYERS, dtype=torch.long), dist_reduce_fx="sum")
 
     def update(self, pred: Tensor, target: Tensor, current: Tensor) -> None:
+        """Count the change frames of a batch and the ones predicted right. pred, target, current: (..., 2)."""
         if not pred.shape == target.shape == current.shape or pred.shape[-1] != NUM_PLAYERS:
             raise ValueError(
                 f"ChangeAccuracy: pred, target, current must share a (..., {NUM_PLAYERS}) shape, got "
@@ -47,6 +48,7 @@ class ChangeAccuracy(Metric):
         self.total += changed.sum(0)
 
     def compute(self) -> dict[str, Tensor]:
+        """{"p0", "p1", "all"}: correct / total change frames (NaN when there were none)."""
         return _per_player(self.correct.double(), self.total.double())
 
 
@@ -69,6 +71,7 @@ class PositionMAE(Metric):
         self.add_state("count", default=torch.zeros(NUM_PLAYERS, dtype=torch.long), dist_reduce_fx="sum")
 
     def update(self, pred: Tensor, target: Tensor) -> None:
+        """Add a batch's absolute x/y errors. pred, target: (..., 2 players, 2 coords) in encoded units."""
         if pred.shape != target.shape or pred.shape[-2:] != (NUM_PLAYERS, 2):
             raise ValueError(
                 f"PositionMAE: pred and target must share a (..., {NUM_PLAYERS}, 2) shape, got "
@@ -79,4 +82,5 @@ class PositionMAE(Metric):
         self.count += err.shape[0] * 2
 
     def compute(self) -> dict[str, Tensor]:
+        """{"p0", "p1", "all"}: mean absolute error per coordinate, in game units."""
         return _per_player(self.abs_error / self.position_scale, self.count.double())

@@ -15,6 +15,7 @@ from melee_wm.data.sampler import WindowBatchSampler
 from melee_wm.data.split import split_of
 from melee_wm.data.store import StoreConfigError
 from melee_wm.encoding.config import EncodingConfig
+from melee_wm.encoding.layout import Layout
 
 
 def flat(batches: list[list[int]]) -> list[int]:
@@ -114,7 +115,8 @@ class _Probe(L.LightningModule):
 
 
 def test_lightning_fit_gets_batches_and_reshuffles(sample_store):
-    dm = MeleeDataModule(DataConfig(store=str(sample_store.path), batch_size=16), EncodingConfig())
+    cfg = DataConfig(store=str(sample_store.path), batch_size=16)
+    dm = MeleeDataModule(cfg, EncodingConfig())
     probe = _Probe()
     trainer = L.Trainer(
         max_epochs=2,
@@ -128,7 +130,9 @@ def test_lightning_fit_gets_batches_and_reshuffles(sample_store):
     )
     trainer.fit(probe, datamodule=dm)
     assert [(t, e) for t, _, e in probe.seen] == [(Batch, 0), (Batch, 0), (Batch, 1), (Batch, 1)]
-    assert all(s == (16, 30, 8) for _, s, _ in probe.seen)
+    cols = Layout(EncodingConfig()).float_slice("continuous")
+    expected = (cfg.batch_size, cfg.num_positions, cols.stop - cols.start)  # (B, P, both players' columns)
+    assert all(s == expected for _, s, _ in probe.seen)
 
 
 def test_device_resident_splits_share_one_copy(sample_store):

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 
-from melee_wm.encoding import EncodingConfig, Layout
-from melee_wm.model.config import ModelConfig
+from melee_wm.encoding import NUM_PLAYERS, EncodingConfig, Layout
+from melee_wm.model.config import ARCH_KEYS, ModelConfig, load_model_config
 from melee_wm.model.heads import Prediction
 from melee_wm.model.world_model import WorldModel, build_model, drop_path
 
@@ -19,14 +19,22 @@ CONTEXT = 12
 ARCHS = ("mamba2", "mlp")
 
 
+# What the tiny MLP sets beyond the keys it shares with the (Mamba-2) `tiny` preset.
+TINY_MLP = {"mlp_frames": 3, "mlp_hidden": [64]}
+
+
 def preset(name: str, **overrides) -> ModelConfig:
-    """A `conf/model` YAML merged onto the structured schema (unknown keys and wrong types raise)."""
-    merged = OmegaConf.merge(OmegaConf.structured(ModelConfig), OmegaConf.load(CONF / f"{name}.yaml"), overrides)
-    return OmegaConf.to_object(merged)
+    """A `conf/model` YAML through `load_model_config`, then `overrides` (validated again)."""
+    return dataclasses.replace(load_model_config(CONF / f"{name}.yaml"), **overrides)
 
 
 def tiny(arch: str, **overrides) -> ModelConfig:
-    return preset("tiny", arch=arch, **overrides)
+    """The `tiny` preset; for the MLP its shared keys (widths, embeddings, heads) plus `TINY_MLP`."""
+    cfg = preset("tiny")
+    if arch == "mlp":
+        shared = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ARCH_KEYS["mamba2"]}
+        cfg = ModelConfig(**{**shared, "arch": "mlp", **TINY_MLP})
+    return dataclasses.replace(cfg, **overrides)
 
 
 def batch(layout: Layout, b: int = 3, seqlen: int = CONTEXT, dtype=torch.float64, seed: int = 0):
@@ -199,16 +207,99 @@ def test_preset_parameter_counts(name, low, high):
     assert "categorical action: 2 x 400" in summary
 
 
-def test_presets_load_and_reject_unknown_keys(tmp_path):
+def expected_parameters(cfg: ModelConfig, layout: Layout) -> int:
+    """Parameter count of `build_model(cfg, layout, ...)` worked out from the config and layout alone."""
+    d, h = cfg.d_model, cfg.head_hidden
+    embed = sum(layout.int_vocab(f) * cfg.embed_dim_of(f) for f in layout.int_fields)
+    frame_dim = layout.num_floats + sum(
+        (layout.int_slice(f).stop - layout.int_slice(f).start) * cfg.embed_dim_of(f) for f in layout.int_fields
+    )
+    ctrl = layout.float_slice("controller")
+    outputs = sum(layout.float_slice(g).stop - layout.float_slice(g).start for g in layout.target_float_groups)
+    outputs += NUM_PLAYERS * sum(layout.int_vocab(f) for f in layout.categorical_targets)
+    # ctrl_proj, norm, fc1, fc2, out_norm, out (all linears with bias).
+    heads = (ctrl.stop - ctrl.start + 1) * d + d + (d + 1) * h + (h + 1) * d + d + (d + 1) * outputs
+    if cfg.arch == "mlp":
+        widths = [cfg.mlp_frames * frame_dim, *cfg.mlp_hidden, d]
+        trunk = sum((a + 1) * b for a, b in itertools.pairwise(widths)) + d  # linears + final norm
+        return embed + trunk + heads
+    d_inner, nheads = cfg.expand * d, cfg.nheads
+    conv_dim = d_inner + 2 * cfg.ngroups * cfg.d_state
+    # Block: pre-norm; mixer in_proj (z, xBC, dt; no bias), depthwise conv (+bias), dt_bias/A_log/D, gated
+    # norm, out_proj (no bias).
+    mixer = d * (d_inner + conv_dim + nheads) + conv_dim * (cfg.d_conv + 1) + 3 * nheads + d_inner + d_inner * d
+    trunk = (frame_dim + 1) * d + cfg.n_layers * (d + mixer) + d  # in_proj, blocks, final norm
+    return embed + trunk + heads
+
+
+def test_presets_build_to_their_configs_and_reject_unknown_keys(tmp_path):
     layout = Layout(EncodingConfig())
-    for path in sorted(CONF.glob("*.yaml")):
+    paths = sorted(CONF.glob("*.yaml"))
+    assert {p.stem for p in paths} >= {"mamba2_base", "mamba2_large", "mlp", "tiny"}
+    for path in paths:
         cfg = preset(path.stem)
-        assert isinstance(build_model(cfg, layout, context_len=30), torch.nn.Module)
+        model = build_model(cfg, layout, context_len=30)
+        assert isinstance(model, torch.nn.Module)
+        assert model.num_parameters() == expected_parameters(cfg, layout), path.stem
+        assert model.heads.float_widths == {
+            g: layout.float_slice(g).stop - layout.float_slice(g).start for g in layout.target_float_groups
+        }
+        assert model.heads.vocabs == {f: layout.int_vocab(f) for f in layout.categorical_targets}
+        assert model.heads.out.in_features == cfg.d_model
+        for f in layout.int_fields:
+            table = model.embed.tables[f]
+            assert (table.num_embeddings, table.embedding_dim) == (layout.int_vocab(f), cfg.embed_dim_of(f)), f
+        if cfg.arch == "mamba2":
+            assert len(model.blocks) == cfg.n_layers
+            assert model.blocks[0].mixer.nheads == cfg.nheads
     assert preset("mlp").arch == "mlp"
     bad = tmp_path / "bad.yaml"
     bad.write_text("d_modle: 64\n")
-    with pytest.raises(Exception, match="d_modle"):
-        OmegaConf.merge(OmegaConf.structured(ModelConfig), OmegaConf.load(bad))
+    with pytest.raises(ValueError, match="d_modle"):
+        load_model_config(bad)
+
+
+def test_load_model_config_overrides_and_errors(tmp_path):
+    cfg = load_model_config(CONF / "tiny.yaml", ["d_model=64", "embed_dims.action=12"])
+    assert (cfg.d_model, cfg.embed_dim_of("action"), cfg.n_layers) == (64, 12, preset("tiny").n_layers)
+    with pytest.raises(ValueError, match="d_model"):
+        load_model_config(CONF / "tiny.yaml", ["d_model=wide"])
+    with pytest.raises(ValueError, match=r"ModelConfig\.headdim"):
+        load_model_config(CONF / "tiny.yaml", ["headdim=7"])
+    with pytest.raises(ValueError, match="not found"):
+        load_model_config(tmp_path / "missing.yaml")
+
+
+@pytest.mark.parametrize(
+    ("arch", "key", "value"),
+    [
+        ("mlp", "n_layers", 2),
+        ("mlp", "d_state", 8),
+        ("mlp", "layer_dropout", 0.1),
+        ("mlp", "backend", "mamba_ssm"),
+        ("mamba2", "mlp_frames", 3),
+        ("mamba2", "mlp_hidden", [64]),
+    ],
+)
+def test_keys_of_the_other_arch_are_refused(arch, key, value, tmp_path):
+    """A key only the other arch reads may not be set to a non-default value (it would be silently ignored)."""
+    other = next(a for a in ARCH_KEYS if a != arch)
+    assert key in ARCH_KEYS[other]
+    with pytest.raises(ValueError, match=rf"ModelConfig\.{key}: only the {other} arch uses it, but arch='{arch}'"):
+        ModelConfig(arch=arch, **{key: value})
+    path = tmp_path / "cfg.yaml"
+    path.write_text(f"arch: {arch}\n")
+    with pytest.raises(ValueError, match=rf"ModelConfig\.{key}"):
+        load_model_config(path, [f"{key}={value}"])
+    default = getattr(ModelConfig(), key)
+    assert getattr(ModelConfig(arch=arch, **{key: default}), key) == default  # the default is accepted
+
+
+def test_arch_keys_are_config_fields():
+    names = {f.name for f in dataclasses.fields(ModelConfig)}
+    keys = [k for ks in ARCH_KEYS.values() for k in ks]
+    assert set(keys) <= names
+    assert len(keys) == len(set(keys))  # no key claimed by two archs
 
 
 @pytest.mark.parametrize(
@@ -258,7 +349,8 @@ def test_unimix_log_probs_are_valid(arch):
 @pytest.mark.parametrize("arch", ARCHS)
 def test_dropout_and_layer_dropout_only_in_training(arch):
     layout = Layout(EncodingConfig())
-    regular = make(arch, layout, dropout=0.2, layer_dropout=0.5, seed=3)
+    layer_dropout = {"layer_dropout": 0.5} if arch == "mamba2" else {}  # stochastic depth: Mamba-2 blocks only
+    regular = make(arch, layout, dropout=0.2, seed=3, **layer_dropout)
     plain = make(arch, layout, seed=4)
     plain.load_state_dict(regular.state_dict())
     floats, ints, next_ctrl = batch(layout)

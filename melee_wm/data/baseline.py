@@ -34,5 +34,6 @@ def persistence_baseline(
     scores = {f"change_acc/{k}": float(v) for k, v in change.compute().items()}
     scores |= {f"pos_mae/{k}": float(v) for k, v in mae.compute().items()}
     wrong = {k: v for k, v in scores.items() if k.startswith("change_acc") and not (v == 0.0 or math.isnan(v))}
-    assert not wrong, f"persistence must score change_acc 0 by construction, got {wrong}"
+    if wrong:
+        raise RuntimeError(f"persistence must score change_acc 0 by construction, got {wrong}")
     return scores

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 from torch import Tensor
@@ -17,9 +18,10 @@ from torch import Tensor
 from melee_wm.encoding.layout import NUM_PLAYERS, Layout, Target
 
 XY_FIELDS = ("x", "y")
+T = TypeVar("T")
 
 
-def map_tensors(obj, fn: Callable[[Tensor], Tensor]):
+def map_tensors(obj: T, fn: Callable[[Tensor], Tensor]) -> T:
     """Apply `fn` to every tensor in a (nested) dataclass / dict."""
     if isinstance(obj, Tensor):
         return fn(obj)
@@ -31,10 +33,12 @@ def map_tensors(obj, fn: Callable[[Tensor], Tensor]):
 class _TensorTree:
     """`to` / `pin_memory` for a dataclass of tensors (what Lightning and the DataLoader call)."""
 
-    def to(self, device: torch.device | str, non_blocking: bool = False):
+    def to(self: T, device: torch.device | str, non_blocking: bool = False) -> T:
+        """A copy with every tensor moved to `device`."""
         return map_tensors(self, lambda t: t.to(device, non_blocking=non_blocking))
 
-    def pin_memory(self):
+    def pin_memory(self: T) -> T:
+        """A copy with every tensor in pinned (page-locked) host memory."""
         return map_tensors(self, lambda t: t.pin_memory())
 
 

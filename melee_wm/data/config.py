@@ -1,6 +1,6 @@
 """`DataConfig`: which store to read, how windows are cut and split, and how batches are loaded.
 
-Plain types only, so it can be the Hydra schema of `conf/data/*.yaml`.
+Plain types only, so it can be the Hydra schema of the data config group.
 """
 
 from __future__ import annotations

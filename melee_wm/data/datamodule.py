@@ -28,6 +28,7 @@ class BatchItems(Dataset):
         self.windows = windows
 
     def __getitem__(self, indices: list[int]) -> Batch:
+        """The `Batch` of window indices (B,) the sampler yielded."""
         return self.windows.get_batch(indices)
 
 
@@ -87,9 +88,11 @@ class MeleeDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
+        """Shuffled (reshuffled every epoch), full batches of the train split."""
         return self.loader(self._split("train", self.train_set), shuffle=True, drop_last=True)
 
     def val_dataloader(self) -> DataLoader:
+        """Every window of the val split, in order (the last batch may be short)."""
         return self.loader(self._split("val", self.val_set), shuffle=False, drop_last=False)
 
     def _split(self, name: str, windows: MeleeDataset | None) -> MeleeDataset:

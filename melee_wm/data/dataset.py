@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import itertools
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -219,7 +219,7 @@ class MeleeDataset(torch.utils.data.Dataset):
             rebuild=(cls.from_store, (str(store.path), split, cfg, store.config), {}),
         )
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[Callable[..., MeleeDataset], tuple]:
         """Pickle as the recipe that built it (spawned workers reopen the memmaps instead of copying them)."""
         if self.device.type != "cpu":
             raise RuntimeError("a device-resident MeleeDataset cannot be pickled; use num_workers=0")
@@ -265,13 +265,16 @@ class MeleeDataset(torch.utils.data.Dataset):
 
     @property
     def num_games(self) -> int:
+        """Selected games (those of this split)."""
         return len(self.game_windows)
 
     @property
     def num_frames(self) -> int:
+        """Frames in the selected games."""
         return int(self.game_length.sum())
 
     def __len__(self) -> int:
+        """Number of windows."""
         return int(self.window_offsets[-1])
 
     def window_starts(self, indices: ArrayLike) -> tuple[Tensor, Tensor]:
@@ -323,7 +326,8 @@ class MeleeDataset(torch.utils.data.Dataset):
         return _unbatch(batch)
 
 
-def _unbatch(obj):
+def _unbatch(obj: Tensor | dict | Batch | Targets) -> Tensor | dict[str, Any]:
+    """Batch item 0 of a (nested) batch, with `Batch`/`Targets` turned into dicts (what default_collate takes)."""
     if isinstance(obj, Tensor):
         return obj[0]
     if isinstance(obj, dict):
@@ -333,5 +337,6 @@ def _unbatch(obj):
     raise TypeError(f"cannot unbatch {type(obj).__name__}")
 
 
-def _rebuild(fn, args: tuple, kwargs: dict) -> MeleeDataset:
+def _rebuild(fn: Callable[..., MeleeDataset], args: tuple, kwargs: dict) -> MeleeDataset:
+    """Unpickle a `MeleeDataset` by calling the constructor that built it."""
     return fn(*args, **kwargs)

@@ -54,6 +54,7 @@ class WindowBatchSampler(Sampler[list[int]]):
 
     @property
     def samples_per_rank(self) -> int:
+        """Windows this rank sees per epoch (dropped to whole batches, or padded to split evenly)."""
         if self.drop_last:
             return self.num_windows // (self.batch_size * self.world_size) * self.batch_size
         return math.ceil(self.num_windows / self.world_size)
@@ -64,6 +65,7 @@ class WindowBatchSampler(Sampler[list[int]]):
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
     def __iter__(self) -> Iterator[list[int]]:
+        """This rank's batches of window indices for the current epoch, each sorted (grouped by shard)."""
         if self.shuffle:
             g = torch.Generator().manual_seed(self.seed + self.epoch)
             order = torch.randperm(self.num_windows, generator=g)

@@ -66,10 +66,12 @@ class Store:
 
     @property
     def num_games(self) -> int:
+        """Games in the store, across all shards."""
         return len(self.games)
 
     @property
     def num_frames(self) -> int:
+        """Frames in the store, across all shards."""
         return sum(len(s.floats) for s in self.shards)
 
     def game(self, index: int) -> tuple[np.ndarray, np.ndarray]:
@@ -81,6 +83,7 @@ class Store:
 
 
 def read_manifest(path: Path) -> dict:
+    """The parsed manifest.json of the store at `path` (a StoreError names the file if it is not JSON)."""
     try:
         return json.loads((path / MANIFEST).read_text())
     except json.JSONDecodeError as err:
@@ -127,6 +130,7 @@ def _check_games(path: Path, manifest: dict, shards: list[Shard]) -> None:
 
 
 def check_config(path: Path, manifest: dict, expected: EncodingConfig, hint: str = "") -> None:
+    """Raise a StoreConfigError listing every field where the store's encoding config differs from `expected`."""
     diff = config_diff(expected, manifest["encoding_config"])
     if diff:
         raise StoreConfigError(

@@ -6,15 +6,41 @@ Sizes that follow from the data (column counts, vocabularies) are not here: they
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 ARCHS = ("mamba2", "mlp")
 BACKENDS = ("torch", "mamba_ssm")
+# Keys only one arch reads: any other arch must leave them at their defaults.
+ARCH_KEYS: dict[str, tuple[str, ...]] = {
+    "mamba2": (
+        "n_layers",
+        "d_state",
+        "d_conv",
+        "expand",
+        "headdim",
+        "ngroups",
+        "chunk_size",
+        "backend",
+        "dt_min",
+        "dt_max",
+        "layer_dropout",
+    ),
+    "mlp": ("mlp_frames", "mlp_hidden"),
+}
 
 
 @dataclass
 class ModelConfig:
-    """Trunk, embeddings, heads and regularisation of a world model. Defaults are the `mamba2_base` preset."""
+    """Trunk, embeddings, heads and regularisation of a world model. Defaults are the `mamba2_base` preset.
+
+    Keys one arch reads (`ARCH_KEYS`) must keep their defaults under the other, so no YAML key is ignored.
+    """
 
     arch: str = "mamba2"  # "mamba2" (SSM trunk) or "mlp" (frame-stack baseline)
     d_model: int = 384  # width of the trunk and of the heads' input
@@ -49,8 +75,23 @@ class ModelConfig:
         def fail(key: str, msg: str) -> None:
             raise ValueError(f"ModelConfig.{key}: {msg}")
 
+        self.embed_dims = dict(self.embed_dims)
+        self.mlp_hidden = list(self.mlp_hidden)
         if self.arch not in ARCHS:
             fail("arch", f"got {self.arch!r}, expected one of {list(ARCHS)}")
+        fields = {f.name: f for f in dataclasses.fields(self)}
+        for arch, keys in ARCH_KEYS.items():
+            if arch == self.arch:
+                continue
+            for key in keys:
+                f = fields[key]
+                default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+                value = getattr(self, key)
+                if value != default:
+                    fail(
+                        key,
+                        f"only the {arch} arch uses it, but arch={self.arch!r}; got {value!r} (default {default!r})",
+                    )
         if self.backend not in BACKENDS:
             fail("backend", f"got {self.backend!r}, expected one of {list(BACKENDS)}")
         for key in ("d_model", "n_layers", "d_state", "d_conv", "expand", "headdim", "ngroups", "chunk_size"):
@@ -70,11 +111,9 @@ class ModelConfig:
         for key in ("dropout", "layer_dropout", "unimix"):
             if not 0.0 <= getattr(self, key) < 1.0:
                 fail(key, f"must be in [0, 1), got {getattr(self, key)}")
-        self.embed_dims = dict(self.embed_dims)
         bad = {k: v for k, v in self.embed_dims.items() if v < 1}
         if bad:
             fail("embed_dims", f"dimensions must be >= 1, got {bad}")
-        self.mlp_hidden = list(self.mlp_hidden)
         if self.arch == "mlp" and not self.mlp_hidden:
             fail("mlp_hidden", "the mlp arch needs at least one hidden layer width")
         if any(h < 1 for h in self.mlp_hidden):
@@ -88,3 +127,21 @@ class ModelConfig:
     def embed_dim_of(self, field_name: str) -> int:
         """Embedding width of int field `field_name`."""
         return self.embed_dims.get(field_name, self.embed_dim)
+
+
+def load_model_config(path: str | Path, overrides: Sequence[str] = ()) -> ModelConfig:
+    """ModelConfig from the dataclass defaults, a YAML file (e.g. `conf/model/tiny.yaml`) merged on top, then
+    `key=value` overrides. The dataclass is the schema: an unknown key, a value of the wrong type or a value
+    `__post_init__` refuses is a ValueError naming it.
+    """
+    if not Path(path).is_file():
+        raise ValueError(f"model config not found: {path}")
+    layers = [OmegaConf.structured(ModelConfig), OmegaConf.load(path)]
+    source = str(path)
+    if overrides:
+        source = f"{path} with overrides {' '.join(overrides)}"
+        layers.append(OmegaConf.from_dotlist(list(overrides)))
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(*layers))
+    except (OmegaConfBaseException, ValueError) as err:
+        raise ValueError(f"invalid model config ({source}): {err}") from None

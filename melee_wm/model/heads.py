@@ -42,10 +42,6 @@ class Prediction:
         vocab = logp.shape[-1]
         return torch.logaddexp(logp + math.log1p(-self.unimix), torch.full_like(logp, math.log(self.unimix / vocab)))
 
-    def probs(self, field: str) -> Tensor:
-        """(..., 2, vocab) probabilities, unimix applied."""
-        return self.log_probs(field).exp()
-
 
 class PredictionHeads(nn.Module):
     """Controller injection, a residual MLP, and one fused output layer split into per-target heads."""

@@ -31,7 +31,7 @@ class _SplitLinearFn(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, sizes):
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, sizes: list[int]) -> tuple[Tensor, ...]:
         x2 = x.reshape(-1, x.shape[-1])
         biases = [None] * len(sizes) if bias is None else bias.split(sizes)
         outs = tuple(
@@ -44,7 +44,7 @@ class _SplitLinearFn(torch.autograd.Function):
         return outs
 
     @staticmethod
-    def backward(ctx, *grads):
+    def backward(ctx, *grads: Tensor | None) -> tuple[Tensor | None, Tensor | None, Tensor | None, None]:
         x, weight = ctx.saved_tensors
         sizes = ctx.sizes
         used = [g for g in grads if g is not None]
@@ -96,7 +96,7 @@ class _RMSNormFn(torch.autograd.Function):
         return (x * rstd).mul_(weight)
 
     @staticmethod
-    def backward(ctx, grad_out: Tensor):
+    def backward(ctx, grad_out: Tensor) -> tuple[Tensor | None, Tensor | None, None]:
         x, weight, rstd = ctx.saved_tensors
         grad_x = grad_weight = None
         if ctx.needs_input_grad[0]:
@@ -140,7 +140,7 @@ class _GatedRMSNormFn(torch.autograd.Function):
         return out
 
     @staticmethod
-    def backward(ctx, grad_out: Tensor):
+    def backward(ctx, grad_out: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None, None, None]:
         x, z, weight, silu_z, gated, rstd = ctx.saved_tensors
         gs = ctx.group_size
         groups = gated.unflatten(-1, (-1, gs))
@@ -176,7 +176,9 @@ class _CausalConvSiluFn(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, head, weight, bias, splits):
+    def forward(
+        ctx, x: Tensor, head: Tensor | None, weight: Tensor, bias: Tensor | None, splits: list[int]
+    ) -> tuple[Tensor, ...]:
         pre = _depthwise_conv(x, weight, bias, weight.shape[1] - 1)[:, : x.shape[1]]  # causal: the first seqlen
         if head is not None:
             pre[:, : head.shape[1]] += head
@@ -185,7 +187,7 @@ class _CausalConvSiluFn(torch.autograd.Function):
         return tuple(F.silu(p).to(x.dtype) for p in pre.split(splits, dim=-1))
 
     @staticmethod
-    def backward(ctx, *grads):
+    def backward(ctx, *grads: Tensor | None) -> tuple[Tensor | None, Tensor | None, Tensor | None, Tensor | None, None]:
         x, weight, pre = ctx.saved_tensors
         seqlen, k = x.shape[1], weight.shape[1]
         # grad_pre is stored zero-padded after its last position: the transposed conv for grad_x reads it as is.

@@ -16,6 +16,7 @@ from melee_wm.encoding.layout import Layout
 from melee_wm.model.config import ModelConfig
 from melee_wm.model.embedding import FrameEmbedding
 from melee_wm.model.heads import Prediction, PredictionHeads
+from melee_wm.model.mamba2 import RMSNorm
 from melee_wm.model.summary import model_summary
 
 
@@ -34,7 +35,7 @@ class FrameStackMLP(nn.Module):
         widths = [self.frames * self.embed.out_dim, *cfg.mlp_hidden, cfg.d_model]
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in itertools.pairwise(widths))
         self.dropout = nn.Dropout(cfg.dropout)
-        self.norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps)
         self.heads = PredictionHeads(cfg, layout)
 
     def init_state(self, batch: int, device: torch.device | None = None, dtype: torch.dtype | None = None) -> Tensor:
@@ -70,7 +71,9 @@ class FrameStackMLP(nn.Module):
         return self.heads(self._mlp(window.flatten(1)), next_ctrl_t), window[:, 1:]
 
     def num_parameters(self) -> int:
+        """Total number of parameters."""
         return sum(p.numel() for p in self.parameters())
 
     def summary(self) -> str:
+        """Human-readable description: config, head shapes and parameter counts."""
         return model_summary(self, self.cfg)

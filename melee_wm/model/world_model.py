@@ -112,9 +112,11 @@ class WorldModel(nn.Module):
         return self.heads(self.norm(x), next_ctrl_t), new_states
 
     def num_parameters(self) -> int:
+        """Total number of parameters."""
         return sum(p.numel() for p in self.parameters())
 
     def summary(self) -> str:
+        """Human-readable description: config, head shapes and parameter counts."""
         return model_summary(self, self.cfg)
 
 

@@ -29,8 +29,6 @@ from pathlib import Path
 import numpy as np
 import psutil
 import torch
-import torch.nn.functional as F
-from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, default_collate
 
 from melee_wm.data.batch import Batch
@@ -42,7 +40,11 @@ from melee_wm.data.store import open_store
 from melee_wm.data.store_writer import build_store
 from melee_wm.encoding.config import EncodingConfig
 from melee_wm.encoding.layout import Layout
+from melee_wm.model.config import load_model_config
+from melee_wm.model.world_model import build_model
 from melee_wm.samples import sample_dir
+
+from ._common import stand_in_loss
 
 BATCH = 512
 CONTEXT = 30
@@ -164,25 +166,13 @@ def _worker_memory_of_store(store: str, batches: int, window_bytes: int) -> dict
 
 def train_step_share(ds: MeleeDataset, layout: Layout, batch: int, reps: int) -> dict:
     """Median get_batch time over the median time of one mamba2_base training step on such a batch."""
-    from melee_wm.model.config import ModelConfig
-    from melee_wm.model.world_model import build_model
-
-    cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ModelConfig), OmegaConf.load(PRESET)))
-    model = build_model(cfg, layout, CONTEXT).train()
+    model = build_model(load_model_config(PRESET), layout, CONTEXT).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     rng = np.random.default_rng(2)
 
     def step(b: Batch) -> None:
         pred, _ = model(b.floats, b.ints, b.next_ctrl)
-        p = b.num_positions
-        t = b.targets
-        loss = F.binary_cross_entropy_with_logits(pred.floats["binary"][:, -p:], t.floats["binary"])
-        for g in layout.target_float_groups:
-            if g != "binary":
-                loss = loss + F.mse_loss(pred.floats[g][:, -p:], t.floats[g])
-        for f in layout.categorical_targets:
-            logp = pred.log_probs(f)[:, -p:]
-            loss = loss + F.nll_loss(logp.flatten(0, -2), t.categorical[f].flatten())
+        loss = stand_in_loss(pred, b.targets, layout)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -12,42 +12,32 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from omegaconf import OmegaConf
 from torch import nn
 
-from melee_wm.encoding import EncodingConfig, Layout
-from melee_wm.model.config import ModelConfig
+from melee_wm.data.batch import Batch, build_batch
+from melee_wm.encoding import EncodingConfig, Layout, Target
+from melee_wm.model.config import load_model_config
 from melee_wm.model.world_model import build_model
+
+from ._common import stand_in_loss
 
 PRESET = Path(__file__).resolve().parents[2] / "conf" / "model" / "mamba2_base.yaml"
 CONTEXT = 30
 TARGET = 0.5
 
 
-def synthetic_batch(layout: Layout, batch: int, seqlen: int, seed: int = 0):
-    """floats (B, L, F), int16 ids (B, L, I), next_ctrl (B, L, C) and random targets of the same shapes."""
+def synthetic_batch(layout: Layout, batch: int, seqlen: int, seed: int = 0) -> Batch:
+    """A `Batch` of random windows in the layout's shapes (B, seqlen + 1 frames; targets at every position):
+    normal floats (0/1 in BINARY groups, so they are valid BCE targets), int16 ids within each vocab."""
     g = torch.Generator().manual_seed(seed)
     floats = torch.randn(batch, seqlen + 1, layout.num_floats, generator=g)
+    for group in layout.target_float_groups:
+        if layout.float_target(group) == Target.BINARY:
+            cols = layout.float_slice(group)
+            floats[..., cols] = (floats[..., cols] > 0).float()
     ints = (torch.rand(batch, seqlen + 1, layout.num_ints, generator=g) * torch.tensor(layout.int_vocabs)).long()
-    ints = ints.to(torch.int16)
-    next_ctrl = floats[:, 1:, layout.float_slice("controller")]
-    float_targets = {g_: floats[:, 1:, layout.float_slice(g_)].clone() for g_ in layout.target_float_groups}
-    float_targets["binary"] = (float_targets["binary"] > 0).float()
-    cat_targets = {f: ints[:, 1:, layout.int_slice(f)].long() for f in layout.categorical_targets}
-    return floats[:, :-1].contiguous(), ints[:, :-1].contiguous(), next_ctrl.contiguous(), float_targets, cat_targets
-
-
-def loss_fn(pred, float_targets, cat_targets) -> torch.Tensor:
-    """A loss touching every head (MSE / BCE / NLL), standing in for the training code's."""
-    loss = F.binary_cross_entropy_with_logits(pred.floats["binary"], float_targets["binary"])
-    for g, target in float_targets.items():
-        if g != "binary":
-            loss = loss + F.mse_loss(pred.floats[g], target)
-    for f, target in cat_targets.items():
-        logp = pred.log_probs(f)
-        loss = loss + F.nll_loss(logp.flatten(0, -2), target.flatten())
-    return loss
+    b = build_batch(floats, ints.to(torch.int16), layout, num_positions=seqlen)
+    return Batch(b.floats.contiguous(), b.ints.contiguous(), b.next_ctrl.contiguous(), b.targets)
 
 
 def count_linear_macs(model: nn.Module, *inputs: torch.Tensor) -> int:
@@ -81,10 +71,11 @@ def run(quick: bool) -> Iterator[dict]:
     rounds = 2 if quick else 5
     steps_per_round = 1 if quick else 2
     layout = Layout(EncodingConfig())
-    cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ModelConfig), OmegaConf.load(PRESET)))
+    cfg = load_model_config(PRESET)
     model = build_model(cfg, layout, CONTEXT).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)  # fused: one kernel for all parameters
-    floats, ints, next_ctrl, float_targets, cat_targets = synthetic_batch(layout, batch, CONTEXT)
+    data = synthetic_batch(layout, batch, CONTEXT)
+    floats, ints, next_ctrl = data.floats, data.ints, data.next_ctrl
     macs = count_linear_macs(model, floats, ints, next_ctrl)
     flops_per_step = 2 * macs * 3
     yield {
@@ -100,7 +91,7 @@ def run(quick: bool) -> Iterator[dict]:
 
     def train_step() -> None:
         pred, _ = model(floats, ints, next_ctrl)
-        loss = loss_fn(pred, float_targets, cat_targets)
+        loss = stand_in_loss(pred, data.targets, layout)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
