@@ -186,3 +186,11 @@ def test_one_chunk_and_chunked_forms_agree_at_the_switch(with_state):
         for auto, chunked, want in zip(*results, strict=True):
             torch.testing.assert_close(auto, want, **TOL[torch.float64])
             torch.testing.assert_close(chunked, want, **TOL[torch.float64])
+
+
+def test_final_state_can_be_skipped():
+    x, dt, A, B, C, state, D = make_inputs(seqlen=3 * CHUNK + 1, with_state=True)
+    y, final = ssd_chunked(x, dt, A, B, C, CHUNK, initial_state=state, D=D)
+    y_only, none = ssd_chunked(x, dt, A, B, C, CHUNK, initial_state=state, D=D, final_state=False)
+    assert final is not None and none is None
+    torch.testing.assert_close(y_only, y, rtol=0, atol=0)

@@ -417,3 +417,18 @@ def test_real_replay_windows(arch, replay_dir):
         torch.testing.assert_close(
             pred.log_probs(f).logsumexp(-1), torch.zeros((*floats.shape[:2], 2), dtype=floats.dtype)
         )
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_training_forward_without_state_gives_the_same_predictions(arch):
+    """need_state=False (what training uses) skips the final state and changes no prediction or gradient."""
+    layout = Layout(EncodingConfig())
+    model = make(arch, layout)
+    floats, ints, next_ctrl = batch(layout)
+    with_state, state = model(floats, ints, next_ctrl)
+    without, none = model(floats, ints, next_ctrl, need_state=False)
+    assert state is not None and none is None
+    torch.testing.assert_close(flat(without), flat(with_state), rtol=0, atol=0)
+    grads = [torch.autograd.grad(flat(p).sum(), list(model.parameters())) for p in (with_state, without)]
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b)

@@ -347,12 +347,15 @@ class Mamba2(nn.Module):
             tail = torch.cat([before[..., seqlen:].to(xbc.dtype), tail], dim=-1)
         return outs, tail.contiguous()
 
-    def forward(self, u: Tensor, state: Mamba2State | None = None) -> tuple[Tensor, Mamba2State]:
+    def forward(
+        self, u: Tensor, state: Mamba2State | None = None, need_state: bool = True
+    ) -> tuple[Tensor, Mamba2State | None]:
         """u: (batch, seqlen, d_model); state from ``init_state``/a previous call, or None (zeros).
-        Returns (batch, seqlen, d_model) and the state after the last position."""
+        Returns (batch, seqlen, d_model) and the state after the last position (None unless ``need_state``:
+        training never reads it, and the SSM state is the scan's largest output)."""
         z, xbc, dt = self.in_proj(u)
         if self.backend == "mamba_ssm":
-            y, new_state = self._forward_mamba_ssm(z, xbc, dt, state)
+            y, new_state = self._forward_mamba_ssm(z, xbc, dt, state, need_state)
         else:
             (x, B, C), conv_state = self._conv(xbc, None if state is None else state.conv)
             x, B, C = (
@@ -368,9 +371,10 @@ class Mamba2(nn.Module):
                 self.chunk_size,
                 initial_state=None if state is None else state.ssm,
                 D=self.D,
+                final_state=need_state,
             )
             y = self.norm(y.flatten(-2), z)
-            new_state = Mamba2State(conv=conv_state, ssm=ssm_state)
+            new_state = Mamba2State(conv=conv_state, ssm=ssm_state) if need_state else None
         return self.out_proj(y), new_state
 
     def step(self, u_t: Tensor, state: Mamba2State) -> tuple[Tensor, Mamba2State]:
@@ -386,8 +390,8 @@ class Mamba2(nn.Module):
         return self.out_proj(self.norm(y.flatten(-2), z)), Mamba2State(conv=window, ssm=ssm_state)
 
     def _forward_mamba_ssm(
-        self, z: Tensor, xbc: Tensor, dt: Tensor, state: Mamba2State | None
-    ) -> tuple[Tensor, Mamba2State]:
+        self, z: Tensor, xbc: Tensor, dt: Tensor, state: Mamba2State | None, need_state: bool
+    ) -> tuple[Tensor, Mamba2State | None]:
         """The same computation through mamba_ssm's kernels; returns y after the gated norm, and the state."""
         if not z.is_cuda:
             raise RuntimeError(
@@ -404,7 +408,7 @@ class Mamba2(nn.Module):
             (x, B, C), conv_state = self._conv(xbc, None if state is None else state.conv)
             xbc = torch.cat([x, B, C], dim=-1)
         x, B, C = self._ssm_inputs(xbc)
-        y, ssm_state = k.mamba_chunk_scan_combined(
+        scan = k.mamba_chunk_scan_combined(
             x,
             dt,
             self._A(),
@@ -415,8 +419,9 @@ class Mamba2(nn.Module):
             dt_bias=self.dt_bias,
             dt_softplus=True,
             initial_states=None if state is None else state.ssm,
-            return_final_states=True,
+            return_final_states=need_state,
         )
+        y, ssm_state = scan if need_state else (scan, None)  # upstream returns a pair only with final states
         y = k.rmsnorm_fn(
             y.flatten(-2),
             self.norm.weight,
@@ -426,7 +431,7 @@ class Mamba2(nn.Module):
             group_size=self.norm.group_size,
             norm_before_gate=False,
         )
-        return y, Mamba2State(conv=conv_state, ssm=ssm_state)
+        return y, (Mamba2State(conv=conv_state, ssm=ssm_state) if need_state else None)
 
 
 class _MambaSsmKernels(NamedTuple):

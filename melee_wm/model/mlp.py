@@ -52,10 +52,11 @@ class FrameStackMLP(nn.Module):
         return self.norm(x)
 
     def forward(
-        self, floats: Tensor, ints: Tensor, next_ctrl: Tensor, state: Tensor | None = None
-    ) -> tuple[Prediction, Tensor]:
+        self, floats: Tensor, ints: Tensor, next_ctrl: Tensor, state: Tensor | None = None, need_state: bool = True
+    ) -> tuple[Prediction, Tensor | None]:
         """floats: (B, L, num_floats); ints: (B, L, num_ints); next_ctrl: (B, L, num_ctrl).
-        state: (B, mlp_frames - 1, frame_dim) features of the frames before frame 0 (None = zeros)."""
+        state: (B, mlp_frames - 1, frame_dim) features of the frames before frame 0 (None = zeros); the
+        returned state is None unless `need_state` (same interface as `WorldModel`)."""
         e = self.embed(floats, ints)
         batch, seqlen = e.shape[:2]
         if state is None:
@@ -63,7 +64,7 @@ class FrameStackMLP(nn.Module):
         padded = torch.cat([state, e], dim=1)
         stacked = torch.cat([padded[:, k : k + seqlen] for k in range(self.frames)], dim=-1)
         new_state = padded[:, padded.shape[1] - (self.frames - 1) :]
-        return self.heads(self._mlp(stacked), next_ctrl), new_state
+        return self.heads(self._mlp(stacked), next_ctrl), new_state if need_state else None
 
     def step(self, floats_t: Tensor, ints_t: Tensor, next_ctrl_t: Tensor, state: Tensor) -> tuple[Prediction, Tensor]:
         """One frame: floats_t (B, num_floats), ints_t (B, num_ints), next_ctrl_t (B, num_ctrl)."""

@@ -109,14 +109,16 @@ def ssd_chunked(
     initial_state: Tensor | None = None,
     D: Tensor | None = None,
     single_chunk_max: int | None = None,
-) -> tuple[Tensor, Tensor]:
+    final_state: bool = True,
+) -> tuple[Tensor, Tensor | None]:
     """Chunked SSD for training: quadratic attention-like form inside chunks, recurrence between them.
 
     Same arguments and results as ``ssd_sequential``; any seqlen (the ragged tail is padded with dt = 0,
     which neither decays nor feeds the state, so results are exact). A sequence of at most
     ``single_chunk_max`` positions (default ``chunk_size + 2 * d_state``; 0 never) runs as one chunk: per head
     channel the quadratic form costs ~seqlen², state passing ~seqlen * (chunk_size + 2 * d_state) (chunk
-    states, then their read-out). The chunk length changes the cost, never the result.
+    states, then their read-out). The chunk length changes the cost, never the result. ``final_state=False``
+    skips the final state (returned as None): training never reads it.
     """
     _check_shapes(x, dt, A, B, C, initial_state)
     if chunk_size < 1:
@@ -127,7 +129,7 @@ def ssd_chunked(
         chunk_size = max(seqlen, 1)
     with torch.autocast(x.device.type, enabled=False):
         cd = scan_dtype(x, dt, A, B, C, initial_state, D)
-        y, final_state = _chunked(
+        y, final = _chunked(
             x.to(cd),
             dt.to(cd),
             A.to(cd),
@@ -136,8 +138,9 @@ def ssd_chunked(
             chunk_size,
             None if initial_state is None else initial_state.to(cd),
             None if D is None else D.to(cd),
+            final_state,
         )
-    return y.to(out_dtype), final_state
+    return y.to(out_dtype), final
 
 
 def _chunked(
@@ -149,7 +152,8 @@ def _chunked(
     chunk_size: int,
     initial_state: Tensor | None,
     D: Tensor | None,
-) -> tuple[Tensor, Tensor]:
+    need_final: bool,
+) -> tuple[Tensor, Tensor | None]:
     """The SSD algorithm on same-dtype tensors; see ``ssd_chunked``. The heavy products are batched matmuls:
     per head for the chunk outputs and states (B weighted per head, x head-major), with the heads of a group
     folded into the matrix rows for the read-out of entering states. State-sized tensors (batch, nheads,
@@ -198,8 +202,10 @@ def _chunked(
         for k, contribution in enumerate(contributions):
             state = contribution if state is None else torch.addcmul(contribution, state, chunk_decay[:, k])
             entering.append(state)
-    last = chunk_states(slice(nchunks - 1, nchunks)).view(batch, nheads, headdim, d_state)
-    final = last if state is None else torch.addcmul(last, state, chunk_decay[:, -1])
+    final = None
+    if need_final:
+        last = chunk_states(slice(nchunks - 1, nchunks)).view(batch, nheads, headdim, d_state)
+        final = last if state is None else torch.addcmul(last, state, chunk_decay[:, -1])
 
     # 4. Contribution of the entering state to each position: C_i · S_k * exp(a_i).
     if entering:

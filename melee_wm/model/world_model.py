@@ -55,9 +55,11 @@ class ResidualBlock(nn.Module):
     def _add(self, x: Tensor, branch: Tensor) -> Tensor:
         return x + drop_path(self.dropout(branch), self.layer_dropout, self.training)
 
-    def forward(self, x: Tensor, state: Mamba2State | None) -> tuple[Tensor, Mamba2State]:
+    def forward(
+        self, x: Tensor, state: Mamba2State | None, need_state: bool = True
+    ) -> tuple[Tensor, Mamba2State | None]:
         """x: (batch, seqlen, d_model)."""
-        y, state = self.mixer(self.norm(x), state)
+        y, state = self.mixer(self.norm(x), state, need_state)
         return self._add(x, y), state
 
     def step(self, x: Tensor, state: Mamba2State) -> tuple[Tensor, Mamba2State]:
@@ -87,18 +89,24 @@ class WorldModel(nn.Module):
         return [b.mixer.init_state(batch, device=device or p.device, dtype=dtype or p.dtype) for b in self.blocks]
 
     def forward(
-        self, floats: Tensor, ints: Tensor, next_ctrl: Tensor, state: list[Mamba2State] | None = None
-    ) -> tuple[Prediction, list[Mamba2State]]:
+        self,
+        floats: Tensor,
+        ints: Tensor,
+        next_ctrl: Tensor,
+        state: list[Mamba2State] | None = None,
+        need_state: bool = True,
+    ) -> tuple[Prediction, list[Mamba2State] | None]:
         """floats: (B, L, num_floats); ints: (B, L, num_ints); next_ctrl: (B, L, num_ctrl), row t = the
         controller columns of frame t+1. state: per-layer state before frame 0 (None = zeros).
-        Returns predictions of frame t+1 at every position t, and the state after the last frame."""
+        Returns predictions of frame t+1 at every position t, and the state after the last frame (None when
+        not `need_state`, as in training, which skips computing it)."""
         x = self.in_dropout(self.in_proj(self.embed(floats, ints)))
         states = [None] * len(self.blocks) if state is None else state
         new_states = []
         for block, s in zip(self.blocks, states, strict=True):
-            x, s = block(x, s)
+            x, s = block(x, s, need_state)
             new_states.append(s)
-        return self.heads(self.norm(x), next_ctrl), new_states
+        return self.heads(self.norm(x), next_ctrl), new_states if need_state else None
 
     def step(
         self, floats_t: Tensor, ints_t: Tensor, next_ctrl_t: Tensor, state: list[Mamba2State]
