@@ -14,8 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from melee_wm.schema import load_structured
 
 # Bump whenever the encoder's output for a given config changes meaning.
 ENCODER_VERSION = 1
@@ -143,21 +142,6 @@ def format_config_diff(diff: dict[str, tuple[Any, Any]], expected_name: str, act
 
 
 def load_encoding_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> EncodingConfig:
-    """EncodingConfig from the dataclass defaults, a YAML file merged on top, then `key=value` overrides.
-
-    The dataclass is the schema: an unknown key or a value of the wrong type is a ValueError naming it.
-    """
-    layers = [OmegaConf.structured(EncodingConfig)]
-    source = "defaults"
-    if path is not None:
-        source = str(path)
-        if not Path(path).is_file():
-            raise ValueError(f"encoding config not found: {path}")
-        layers.append(OmegaConf.load(path))
-    if overrides:
-        source = f"overrides {' '.join(overrides)}"
-        layers.append(OmegaConf.from_dotlist(list(overrides)))
-    try:
-        return OmegaConf.to_object(OmegaConf.merge(*layers))
-    except (OmegaConfBaseException, ValueError) as err:
-        raise ValueError(f"invalid encoding config ({source}): {err}") from None
+    """EncodingConfig from the dataclass defaults, a YAML file merged on top, then `key=value` overrides;
+    unknown keys and wrong types are ValueErrors naming them."""
+    return load_structured(EncodingConfig, path, overrides)

@@ -11,8 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from melee_wm.schema import load_structured
 
 ARCHS = ("mamba2", "mlp")
 BACKENDS = ("torch", "mamba_ssm")
@@ -131,17 +130,5 @@ class ModelConfig:
 
 def load_model_config(path: str | Path, overrides: Sequence[str] = ()) -> ModelConfig:
     """ModelConfig from the dataclass defaults, a YAML file (e.g. `conf/model/tiny.yaml`) merged on top, then
-    `key=value` overrides. The dataclass is the schema: an unknown key, a value of the wrong type or a value
-    `__post_init__` refuses is a ValueError naming it.
-    """
-    if not Path(path).is_file():
-        raise ValueError(f"model config not found: {path}")
-    layers = [OmegaConf.structured(ModelConfig), OmegaConf.load(path)]
-    source = str(path)
-    if overrides:
-        source = f"{path} with overrides {' '.join(overrides)}"
-        layers.append(OmegaConf.from_dotlist(list(overrides)))
-    try:
-        return OmegaConf.to_object(OmegaConf.merge(*layers))
-    except (OmegaConfBaseException, ValueError) as err:
-        raise ValueError(f"invalid model config ({source}): {err}") from None
+    `key=value` overrides; an unknown key, a wrong type or a value `__post_init__` refuses is a ValueError."""
+    return load_structured(ModelConfig, path, overrides)
