@@ -1,4 +1,5 @@
-"""`melee-wm`: fetch the sample replays, encode replays into a store, inspect a store, run the demo."""
+"""`melee-wm`: fetch the sample replays, encode replays into a store, inspect a store, evaluate a checkpoint's
+rollouts, run the demo."""
 
 from __future__ import annotations
 
@@ -11,13 +12,14 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from melee_wm.data.baseline import persistence_baseline
 from melee_wm.data.config import DataConfig
 from melee_wm.data.dataset import MeleeDataset
+from melee_wm.data.merge import merge_stores
 from melee_wm.data.pipeline import StoreFilters
 from melee_wm.data.store import Store, StoreConfigError, StoreError, open_store, print_summary
 from melee_wm.data.store_writer import build_store
 from melee_wm.encoding.config import EncodingConfig, load_encoding_config
+from melee_wm.eval.baselines import persistence_baseline
 from melee_wm.samples import SampleReplaysError, fetch_samples, sample_dir
 
 DEMO_STORE = Path("runs/demo/store")
@@ -55,6 +57,10 @@ def _cmd_encode(args: argparse.Namespace, console: Console) -> None:
         dedupe=not args.no_dedupe,
         progress=True,
     )
+
+
+def _cmd_merge(args: argparse.Namespace, console: Console) -> None:
+    merge_stores(args.stores, args.out, shard_frames=args.shard_frames, overwrite=args.overwrite, progress=True)
 
 
 def _cmd_info(args: argparse.Namespace, console: Console) -> None:
@@ -98,6 +104,28 @@ def _cmd_demo(args: argparse.Namespace, console: Console) -> None:
     print_baseline(store, DataConfig(store=str(args.out)), "all", console)
 
 
+def _cmd_eval(args: argparse.Namespace, console: Console) -> None:
+    from melee_wm.eval.evaluate import evaluate_checkpoint  # torch and Lightning load only for this command
+
+    report, folder = evaluate_checkpoint(
+        args.checkpoint, args.store, args.horizon, args.samples, args.seed, args.out, args.all_games, args.device
+    )
+    summaries = report.to_json()["summaries"]
+    table = Table(title=f"rollouts: {report.starts} starts, {report.games} games ({report.meta['split']} split)")
+    for name in ("summary", "model", "persistence", "constant velocity"):
+        table.add_column(name, justify="left" if name == "summary" else "right")
+    for key, entry in summaries.items():
+        table.add_row(key, *(f"{entry[k]:.4f}" for k in ("model", "persistence", "constant_velocity")))
+    console.print(table)
+    if report.meta["same_games_as_training_store"] is False and not args.all_games:
+        console.print(
+            "this store is not the run's training store: scored its val split only; pass --all-games "
+            "to score every game of a store the model never saw",
+            soft_wrap=True,
+        )
+    console.print(f"written to {folder}", soft_wrap=True)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="melee-wm", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -124,6 +152,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     encode.set_defaults(func=_cmd_encode)
 
+    merge = sub.add_parser("merge", help="merge stores encoded with the same config into one (dedupe by md5)")
+    merge.add_argument("stores", nargs="+", help="source stores, merged in this order")
+    merge.add_argument("--out", required=True, help="merged store folder (an existing one is resumed/extended)")
+    merge.add_argument("--shard-frames", type=int, default=1_000_000, help="frames per shard (bounds memory)")
+    merge.add_argument("--overwrite", action="store_true", help="replace an existing store at --out")
+    merge.set_defaults(func=_cmd_merge)
+
     info = sub.add_parser("info", help="print a store's summary and column statistics")
     info.add_argument("store")
     info.set_defaults(func=_cmd_info)
@@ -135,6 +170,19 @@ def build_parser() -> argparse.ArgumentParser:
     baseline.add_argument("--val-fraction", type=float, default=DataConfig.val_fraction)
     baseline.add_argument("--last-position-only", action="store_true", help="score only each window's last frame")
     baseline.set_defaults(func=_cmd_baseline)
+
+    evaluate = sub.add_parser("eval", help="rollout evaluation of a checkpoint on a store (JSON + pictures)")
+    evaluate.add_argument("checkpoint", help="a training checkpoint (runs/<run>/checkpoints/*.ckpt)")
+    evaluate.add_argument("--store", required=True, help="store to draw the starts from (same encoding config)")
+    evaluate.add_argument("--horizon", type=int, default=20, help="frames rolled out from each start")
+    evaluate.add_argument("--samples", type=int, default=300, help="starting points, drawn with --seed")
+    evaluate.add_argument("--seed", type=int, default=42)
+    evaluate.add_argument("--out", help="output folder (default: <run>/eval/<checkpoint name>)")
+    evaluate.add_argument(
+        "--all-games", action="store_true", help="score every game (a store the model never saw), not the val split"
+    )
+    evaluate.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
+    evaluate.set_defaults(func=_cmd_eval)
 
     demo = sub.add_parser("demo", help="sample replays -> store -> summary -> persistence baseline")
     demo.add_argument("--out", default=str(DEMO_STORE), help=f"store folder (default {DEMO_STORE})")

@@ -1,8 +1,9 @@
 """Run one benchmark: ``python scripts/bench.py NAME [--quick]``.
 
 Each benchmark lives in ``scripts/benchmarks/NAME.py`` and defines ``run(quick: bool)``, a generator of
-result dicts. Every dict is printed as one JSON line; the last one is the summary and must carry the
-keys ``ratio`` (measured) and ``target`` (what the ratio should reach).
+result dicts made by ``benchmarks._common.record``: each carries ``name`` (what it measured) and is printed as
+one JSON line. The last one is ``benchmarks._common.summary``: ``name: "summary"``, ``ratio`` (measured),
+``target`` (what the ratio should reach) and ``passed``.
 """
 
 from __future__ import annotations
@@ -29,12 +30,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     sys.path.insert(0, str(BENCH_DIR.parent))
     module = importlib.import_module(f"benchmarks.{args.name}")
+    common = importlib.import_module("benchmarks._common")
     last: dict | None = None
     for record in module.run(quick=args.quick):
+        if "name" not in record:
+            print(f"benchmark {args.name!r} yielded a record without 'name': {record}", file=sys.stderr)
+            return 1
         print(json.dumps(record), flush=True)
         last = record
-    if last is None or not {"ratio", "target"} <= last.keys():
-        print(f"benchmark {args.name!r} ended without a summary carrying 'ratio' and 'target'", file=sys.stderr)
+    if last is None or last["name"] != common.SUMMARY or not set(common.SUMMARY_KEYS) <= last.keys():
+        print(f"benchmark {args.name!r} ended without a summary carrying {common.SUMMARY_KEYS}", file=sys.stderr)
         return 1
     return 0
 

@@ -8,10 +8,10 @@ import sys
 from pathlib import Path
 
 from melee_wm.cli import main
-from melee_wm.data.baseline import persistence_baseline
 from melee_wm.data.config import DataConfig
 from melee_wm.data.dataset import MeleeDataset
 from melee_wm.data.store import open_store
+from melee_wm.eval.baselines import persistence_baseline
 from melee_wm.samples import SAMPLES_ENV
 
 
@@ -25,7 +25,7 @@ def test_encode_with_filters_and_bad_files(replay_dir, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "skipped by reason" in printed and "filtered: stage" in printed and "unreadable by peppi" in printed
     store = open_store(out)
-    assert sorted(g["stage"] for g in store.games) == [8, 8, 31]
+    assert sorted(g.stage for g in store.games) == [8, 8, 31]
     assert store.config.position_scale == 0.02
     assert store.manifest["counts"]["skipped"] == 4
 

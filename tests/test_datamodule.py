@@ -68,7 +68,7 @@ def test_setup_builds_the_splits(sample_store):
     dm = datamodule(sample_store)
     train, val = dm.train_set, dm.val_set
     assert {m: "train" for m in train.md5s} | {m: "val" for m in val.md5s} == {
-        g["md5"]: split_of(g["md5"], 0.5) for g in sample_store.games
+        g.md5: split_of(g.md5, 0.5) for g in sample_store.games
     }
     assert len(dm.train_dataloader()) == len(train) // 32
     assert len(dm.val_dataloader()) == -(-len(val) // 32)

@@ -23,13 +23,14 @@ LAYOUT = Layout(ENC)
 
 
 def store_arrays(store):
-    """The whole store as in-memory arrays in store order: floats, ints, game_offsets, game_lengths, md5s."""
+    """The whole store as in-memory arrays in store order: floats, ints, game_offsets, game_lengths, md5s and
+    each game's missing fields."""
     parts = [store.game(g) for g in range(store.num_games)]
     lengths = np.array([len(f) for f, _ in parts], dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(lengths)])
     floats = np.concatenate([np.asarray(f) for f, _ in parts])
     ints = np.concatenate([np.asarray(i) for _, i in parts])
-    return floats, ints, offsets, lengths, [g["md5"] for g in store.games]
+    return floats, ints, offsets, lengths, [g.md5 for g in store.games], [g.missing_fields for g in store.games]
 
 
 def flat(batch) -> list[torch.Tensor]:
@@ -55,8 +56,10 @@ def arrays(sample_store):
 def test_from_tensors_and_from_store_agree_on_every_window(sample_store, arrays, multi):
     assert len(sample_store.shards) > 1  # so the store path gathers across shards
     cfg = DataConfig(multi_position=multi)
-    floats, ints, offsets, lengths, md5s = arrays
-    mem = MeleeDataset.from_tensors(floats, ints, torch.from_numpy(offsets), lengths, len(lengths), cfg, ENC, md5s)
+    floats, ints, offsets, lengths, md5s, missing = arrays
+    mem = MeleeDataset.from_tensors(
+        floats, ints, torch.from_numpy(offsets), lengths, len(lengths), cfg, ENC, md5s, missing_fields=missing
+    )
     disk = MeleeDataset.from_store(sample_store.path, "all", cfg, ENC)
     assert len(mem) == len(disk) == int(np.maximum(lengths - cfg.context_len, 0).sum())
     assert mem.md5s == disk.md5s
@@ -78,7 +81,7 @@ def test_from_tensors_and_from_store_agree_on_every_window(sample_store, arrays,
 @pytest.mark.parametrize("k", [30, 200])
 def test_every_window_stays_inside_one_game(sample_store, k):
     ds = MeleeDataset.from_store(sample_store.path, "all", DataConfig(context_len=k))
-    lengths = np.array([g["length"] for g in sample_store.games])
+    lengths = np.array([g.length for g in sample_store.games])
     assert len(ds) == int(np.maximum(lengths - k, 0).sum())
     shard, start = ds.window_starts(torch.arange(len(ds)))
     shard, start = shard.numpy(), start.numpy()
@@ -90,14 +93,14 @@ def test_every_window_stays_inside_one_game(sample_store, k):
         assert (first == last).all() and (mine + k < len(sh.floats)).all()
         assert len(np.unique(mine)) == len(mine)
         games_seen.update((s, int(sh.game_offsets[g])) for g in np.unique(first))
-    long_games = {(g["shard"], g["offset"]) for g in sample_store.games if g["length"] > k}
+    long_games = {(g.shard, g.offset) for g in sample_store.games if g.length > k}
     assert games_seen == long_games  # every long game gives windows, no game of <= K frames does
     if k == 200:
         assert len(long_games) < len(sample_store.games)  # the 148- and 128-frame games are left out
 
 
 def test_split_is_stable_and_by_hash(sample_store):
-    md5s = [g["md5"] for g in sample_store.games]
+    md5s = [g.md5 for g in sample_store.games]
     frac = 0.5
     before = {m: split_of(m, frac) for m in md5s}
     assert set(before.values()) == {"train", "val"}  # both splits are exercised by the real games
@@ -180,7 +183,7 @@ def test_device_resident_gathers_where_the_arrays_are(sample_store):
 
 @pytest.fixture
 def good(arrays):
-    floats, ints, offsets, lengths, _ = arrays
+    floats, ints, offsets, lengths, *_ = arrays
     return floats, ints, offsets, lengths, len(lengths)
 
 

@@ -20,6 +20,7 @@ from melee_wm.encoding.config import (
 )
 from melee_wm.encoding.encoder import column_moments, encode_columns, encode_game
 from melee_wm.encoding.layout import NUM_PLAYERS, Layout
+from melee_wm.paths import config_dir
 from melee_wm.replay.parse import AIRBORNE_GROUND, parse_replay
 
 MODERN = "peppi-py-0.8.1__Game_20230702T014451.slp"  # 3.15.0: every field present
@@ -93,9 +94,8 @@ def test_unknown_or_bad_config_keys_are_errors(tmp_path):
 
 
 def test_default_yaml_is_the_schema_defaults():
-    from pathlib import Path
 
-    default = Path(__file__).resolve().parents[1] / "conf" / "encoding" / "default.yaml"
+    default = config_dir() / "encoding" / "default.yaml"
     assert load_encoding_config(default) == EncodingConfig()
 
 

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from melee_wm.data.baseline import persistence_baseline
 from melee_wm.data.config import DataConfig
 from melee_wm.data.dataset import MeleeDataset
 from melee_wm.encoding.layout import Layout
-from melee_wm.metrics import ChangeAccuracy, PositionMAE
+from melee_wm.eval.baselines import persistence_baseline
+from melee_wm.eval.metrics import ChangeAccuracy, PositionMAE
 
 
 def test_change_accuracy_counts_change_frames_only_and_micro_averages():
@@ -57,6 +57,7 @@ def test_persistence_baseline_on_the_real_store(sample_store):
     k = 30
     ds = MeleeDataset.from_store(sample_store.path, "all", DataConfig(context_len=k, multi_position=False))
     scores = persistence_baseline(ds, batch_size=8192)
+    # By construction: on a change frame the current action (persistence's prediction) is the wrong one.
     assert scores["change_acc/all"] == 0.0 and scores["change_acc/p0"] == 0.0 and scores["change_acc/p1"] == 0.0
     # Independent check: with P = 1, window s scores the step from frame s+K-1 to s+K, i.e. every step of a
     # game whose later frame is at index >= K.

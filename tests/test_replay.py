@@ -18,7 +18,8 @@ from melee_wm.replay.parse import (
 REFERENCE = "peppi-py-0.8.6__tests_data_game.slp"
 ROLLBACK = "peppi-py-0.8.1__Game_20230702T014451.slp"
 
-# file -> (peppi frame rows, unique frames, Slippi version, stage, external characters, end method); SOURCES.md
+# file -> (peppi frame rows, unique frames, Slippi version, stage, external characters, end method), as read
+# from each replay by peppi-py 0.8.6 (the netplay files hold rollback rows, hence fewer unique frames).
 SAMPLE_FACTS = {
     "peppi-py-0.8.6__tests_data_game.slp": (5209, 5209, "1.0.0", 8, (9, 2), 3),
     "peppi-py-0.8.1__game.slp": (16158, 16158, "2.2.0", 31, (20, 2), 2),

@@ -193,4 +193,4 @@ def test_final_state_can_be_skipped():
     y, final = ssd_chunked(x, dt, A, B, C, CHUNK, initial_state=state, D=D)
     y_only, none = ssd_chunked(x, dt, A, B, C, CHUNK, initial_state=state, D=D, final_state=False)
     assert final is not None and none is None
-    torch.testing.assert_close(y_only, y, rtol=0, atol=0)
+    torch.testing.assert_close(y_only, y, rtol=0, atol=1e-12)  # float64 round-off: the two paths may use other kernels

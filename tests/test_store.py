@@ -12,6 +12,7 @@ import time
 import numpy as np
 import pytest
 
+from melee_wm.data.manifest import GameRow
 from melee_wm.data.pipeline import StoreFilters
 from melee_wm.data.store import MANIFEST, StoreConfigError, StoreError, open_store
 from melee_wm.data.store_writer import build_store
@@ -52,13 +53,13 @@ def _assert_same_store(a, b):
 def test_round_trip_equals_encode_game(sample_store, replay_dir):
     cfg = sample_store.config
     layout = Layout(cfg)
-    paths = [g["path"] for g in sample_store.games]
+    paths = [g.path for g in sample_store.games]
     assert paths == [str(p) for p in sorted(replay_dir.resolve().glob("*.slp"))]
     assert len(sample_store.shards) >= 3
     for index, row in enumerate(sample_store.games):
-        expected = encode_game(parse_replay(row["path"]), cfg, layout)
+        expected = encode_game(parse_replay(row.path), cfg, layout)
         floats, ints = sample_store.game(index)
-        assert isinstance(sample_store.shards[row["shard"]].floats, np.memmap)
+        assert isinstance(sample_store.shards[row.shard].floats, np.memmap)
         np.testing.assert_array_equal(floats, expected.floats)
         np.testing.assert_array_equal(ints, expected.ints)
 
@@ -75,15 +76,16 @@ def test_manifest_contents(sample_store):
     assert m["repairs"] == {"nonfinite": {}, "clamped": {}}
     assert [s["name"] for s in m["shards"]] == [f"shard_{i:05d}" for i in range(len(m["shards"]))]
     assert sum(s["frames"] for s in m["shards"]) == 39188
+    assert m["games"] == [row.to_dict() for row in sample_store.games]
     for row in sample_store.games:
-        meta = parse_replay(row["path"]).meta
-        assert row["length"] == meta.num_frames
-        assert (row["stage"], tuple(row["characters"]), row["end_method"]) == (
+        meta = parse_replay(row.path).meta
+        assert row.length == meta.num_frames
+        assert (row.stage, tuple(row.characters), row.end_method) == (
             meta.stage,
             meta.characters,
             meta.end_method,
         )
-        assert (row["slippi_version"], row["missing_fields"], row["md5"]) == (
+        assert (row.slippi_version, row.missing_fields, row.md5) == (
             meta.slippi_version,
             meta.missing_fields,
             meta.md5,
@@ -101,6 +103,24 @@ def test_manifest_contents(sample_store):
     _assert_same_store(sample_store, open_store(sample_store.path))  # what build_store returned = a fresh open
 
 
+def test_a_game_row_with_missing_or_unknown_keys_is_refused(sample_store, tmp_path):
+    """A manifest game row must hold exactly GameRow's keys; the error names the store and the keys."""
+    row = sample_store.games[0].to_dict()
+    assert GameRow.from_dict(row, sample_store.path) == sample_store.games[0]
+    del row["stage"]
+    row["player_name"] = "x"
+    with pytest.raises(StoreError, match=r"missing keys \['stage'\] and unknown keys \['player_name'\]") as err:
+        GameRow.from_dict(row, tmp_path / "store")
+    assert str(tmp_path / "store") in str(err.value)
+    copy = tmp_path / "copy"
+    shutil.copytree(sample_store.path, copy)
+    manifest = json.loads((copy / MANIFEST).read_text())
+    manifest["games"][0]["extra"] = 1
+    (copy / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(StoreError, match=r"unknown keys \['extra'\]"):
+        open_store(copy)
+
+
 def test_bad_files_become_skip_records(replay_dir, tmp_path):
     folder = _copy(replay_dir, TINY, tmp_path / "in")
     data = (replay_dir / "peppi-py-0.8.1__game.slp").read_bytes()
@@ -108,7 +128,7 @@ def test_bad_files_become_skip_records(replay_dir, tmp_path):
     (folder / "empty.slp").write_bytes(b"")
     (folder / "notes.slp").write_text("these are my notes, not a replay\n")
     store = _build([folder], tmp_path / "store")
-    assert sorted(g["path"].rsplit("/", 1)[1] for g in store.games) == sorted(TINY)
+    assert sorted(g.path.rsplit("/", 1)[1] for g in store.games) == sorted(TINY)
     reasons = {r["path"].rsplit("/", 1)[1]: r["reason"] for r in store.manifest["skipped"]}
     assert set(reasons) == {"truncated.slp", "empty.slp", "notes.slp"}
     assert reasons["truncated.slp"].startswith("unreadable by peppi: I/O error")
@@ -116,7 +136,7 @@ def test_bad_files_become_skip_records(replay_dir, tmp_path):
     assert "invalid data" in reasons["notes.slp"]
     assert store.manifest["counts"]["skipped"] == 3
     every = {str(p) for p in folder.resolve().iterdir()}
-    assert {g["path"] for g in store.games} | {r["path"] for r in store.manifest["skipped"]} == every
+    assert {g.path for g in store.games} | {r["path"] for r in store.manifest["skipped"]} == every
 
 
 def test_missing_path_is_an_error_before_any_work(replay_dir, tmp_path):
@@ -163,11 +183,11 @@ def test_dedupe_by_md5(replay_dir, tmp_path):
     deduped = _build([folder], tmp_path / "deduped")
     assert deduped.num_games == 2
     # files are taken in sorted order, so the copy is stored and the original counted as its duplicate
-    assert deduped.games[0]["path"] == str((folder / f"copy_of_{TINY[0]}").resolve())
-    duplicate = {"path": str((folder / TINY[0]).resolve()), "md5": deduped.games[0]["md5"]}
+    assert deduped.games[0].path == str((folder / f"copy_of_{TINY[0]}").resolve())
+    duplicate = {"path": str((folder / TINY[0]).resolve()), "md5": deduped.games[0].md5}
     assert deduped.manifest["duplicates"] == [duplicate]
     assert deduped.manifest["counts"]["duplicates"] == 1
-    assert len({g["md5"] for g in deduped.games}) == 2
+    assert len({g.md5 for g in deduped.games}) == 2
     kept_all = _build([folder], tmp_path / "all", dedupe=False)
     assert kept_all.num_games == 3 and kept_all.manifest["counts"]["duplicates"] == 0
     again = _build([folder], tmp_path / "deduped")  # rerun of a complete store adds nothing
@@ -177,18 +197,18 @@ def test_dedupe_by_md5(replay_dir, tmp_path):
 @pytest.mark.parametrize(
     ("filters", "keep", "reason"),
     [
-        (StoreFilters(stages=[31, 32]), lambda g: g["stage"] in (31, 32), "stage"),
-        (StoreFilters(characters=[2, 20]), lambda g: set(g["characters"]) <= {2, 20}, "characters"),
-        (StoreFilters(end_methods=[2]), lambda g: g["end_method"] == 2, "end_method"),
-        (StoreFilters(min_frames=1000), lambda g: g["length"] >= 1000, "min_frames"),
-        (StoreFilters(allow_cpu=False), lambda g: not any(g["cpu_players"]), "allow_cpu"),
+        (StoreFilters(stages=[31, 32]), lambda g: g.stage in (31, 32), "stage"),
+        (StoreFilters(characters=[2, 20]), lambda g: set(g.characters) <= {2, 20}, "characters"),
+        (StoreFilters(end_methods=[2]), lambda g: g.end_method == 2, "end_method"),
+        (StoreFilters(min_frames=1000), lambda g: g.length >= 1000, "min_frames"),
+        (StoreFilters(allow_cpu=False), lambda g: not any(g.cpu_players), "allow_cpu"),
     ],
 )
 def test_filters(sample_store, replay_dir, tmp_path, filters, keep, reason):
     store = _build([replay_dir], tmp_path / "store", filters=filters)
-    expected = [g["md5"] for g in sample_store.games if keep(g)]
+    expected = [g.md5 for g in sample_store.games if keep(g)]
     assert 0 < len(expected) < 6
-    assert [g["md5"] for g in store.games] == expected
+    assert [g.md5 for g in store.games] == expected
     skipped = store.manifest["skipped"]
     assert len(skipped) == 6 - len(expected)
     assert all(r["reason"].startswith("filtered: ") and reason in r["reason"] for r in skipped)

@@ -23,8 +23,8 @@ T = TypeVar("T")
 
 def map_tensors(obj: T, fn: Callable[[Tensor], Tensor]) -> T:
     """Apply `fn` to every tensor in a (nested) dataclass / dict."""
-    if isinstance(obj, Tensor):
-        return fn(obj)
+    if obj is None or isinstance(obj, Tensor):
+        return obj if obj is None else fn(obj)
     if isinstance(obj, dict):
         return {k: map_tensors(v, fn) for k, v in obj.items()}
     return type(obj)(**{f.name: map_tensors(getattr(obj, f.name), fn) for f in dataclasses.fields(obj)})
@@ -63,12 +63,16 @@ class Targets(_TensorTree):
 class Batch(_TensorTree):
     """floats: (B, K, num_floats) and ints: (B, K, num_ints) context frames s..s+K-1 (ints keep the store's
     dtype); next_ctrl: (B, K, num_ctrl) controller columns of frames s+1..s+K, i.e. of the frame after every
-    context position (the model's forward runs every position; targets cover the last P of them)."""
+    context position (the model's forward runs every position; targets cover the last P of them).
+    valid_floats / valid_ints mark the columns whose field the window's game records (replay formats before
+    some Slippi versions lack fields, which then hold defaults): losses and metrics skip the others."""
 
     floats: Tensor
     ints: Tensor
     next_ctrl: Tensor
     targets: Targets
+    valid_floats: Tensor | None = None  # (B, num_floats) bool: False where the window's game lacks the field
+    valid_ints: Tensor | None = None  # (B, num_ints) bool
 
     @property
     def num_positions(self) -> int:

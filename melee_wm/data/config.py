@@ -13,6 +13,7 @@ class DataConfig:
     """Windows of `context_len + 1` frames from the store at `store`, split by game into train and val."""
 
     store: str = "data/store"  # directory holding manifest.json and the shards
+    from_samples: bool = False  # build `store` from the six sample replays when it does not exist yet
     context_len: int = 30  # K: context frames per window (a window holds K + 1 frames)
     multi_position: bool = True  # predict the next frame at every context position (P = K), else the last (P = 1)
     val_fraction: float = 0.1  # share of games (by md5 hash) in the validation split
@@ -23,6 +24,7 @@ class DataConfig:
     persistent_workers: bool = False
     seed: int = 0  # shuffling seed (each epoch reshuffles with seed + epoch)
     device_resident: bool = False  # move the arrays to the training device once and gather there
+    swap_players_p: float = 0.0  # chance that a train window is seen from the other port (melee_wm/data/augment.py)
 
     def __post_init__(self) -> None:
         def fail(key: str, msg: str) -> None:
@@ -32,6 +34,8 @@ class DataConfig:
             fail("context_len", f"must be >= 1, got {self.context_len}")
         if not 0.0 <= self.val_fraction <= 1.0:
             fail("val_fraction", f"must be in [0, 1], got {self.val_fraction}")
+        if not 0.0 <= self.swap_players_p <= 1.0:
+            fail("swap_players_p", f"must be a probability in [0, 1], got {self.swap_players_p}")
         if self.batch_size < 1:
             fail("batch_size", f"must be >= 1, got {self.batch_size}")
         if self.num_workers < 0:

@@ -1,9 +1,11 @@
 """`MeleeDataModule`: the train/val windows of a store, as DataLoaders that hand whole batches to workers.
 
 Each DataLoader is built with `batch_size=None` and a `WindowBatchSampler`: a sampler item is a list of window
-indices, which a worker turns into one `Batch` with `MeleeDataset.get_batch`. Under DDP the sampler reads
-`trainer.global_rank` / `trainer.world_size` itself, so the Trainer must be built with
-`use_distributed_sampler=False` (Lightning would otherwise try to replace the sampler with its own).
+indices, which a worker turns into one `Batch` with `MeleeDataset.get_batch`. With `swap_players_p > 0` the train
+sampler is a `SwapBatchSampler`, whose item, a `SwapItem`, also says which windows to see from the other port
+(melee_wm/data/augment.py). Under DDP the sampler reads `trainer.global_rank` / `trainer.world_size` itself, so
+the Trainer must be built with `use_distributed_sampler=False` (Lightning would otherwise try to replace the
+sampler with its own).
 With `device_resident=True` the arrays move once to the trainer's device and batches are gathered there.
 """
 
@@ -13,6 +15,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from melee_wm.data.augment import SwapBatchSampler, SwapItem
 from melee_wm.data.batch import Batch
 from melee_wm.data.config import DataConfig
 from melee_wm.data.dataset import MeleeDataset
@@ -27,9 +30,11 @@ class BatchItems(Dataset):
     def __init__(self, windows: MeleeDataset) -> None:
         self.windows = windows
 
-    def __getitem__(self, indices: list[int]) -> Batch:
-        """The `Batch` of window indices (B,) the sampler yielded."""
-        return self.windows.get_batch(indices)
+    def __getitem__(self, item: list[int] | SwapItem) -> Batch:
+        """The `Batch` of window indices (B,) the sampler yielded; a `SwapItem` also names the windows to swap."""
+        if isinstance(item, SwapItem):
+            return self.windows.get_batch(item.indices, swap=item.swap)
+        return self.windows.get_batch(item)
 
 
 class MeleeDataModule(L.LightningDataModule):
@@ -65,19 +70,16 @@ class MeleeDataModule(L.LightningDataModule):
             return 0, 1
         return self.trainer.global_rank, self.trainer.world_size
 
-    def loader(self, windows: MeleeDataset, *, shuffle: bool, drop_last: bool) -> DataLoader:
-        """A DataLoader of whole `Batch`es from `windows` for this rank."""
+    def loader(self, windows: MeleeDataset, *, shuffle: bool, drop_last: bool, swap_p: float = 0.0) -> DataLoader:
+        """A DataLoader of whole `Batch`es from `windows` for this rank; swap_p > 0 sees each window from the
+        other port with that probability (`SwapBatchSampler`)."""
         cfg = self.data_cfg
         rank, world_size = self._rank()
-        sampler = WindowBatchSampler(
-            len(windows),
-            cfg.batch_size,
-            shuffle=shuffle,
-            seed=cfg.seed,
-            drop_last=drop_last,
-            rank=rank,
-            world_size=world_size,
-        )
+        kwargs = dict(shuffle=shuffle, seed=cfg.seed, drop_last=drop_last, rank=rank, world_size=world_size)
+        if swap_p > 0:
+            sampler = SwapBatchSampler(len(windows), cfg.batch_size, swap_p=swap_p, **kwargs)
+        else:
+            sampler = WindowBatchSampler(len(windows), cfg.batch_size, **kwargs)
         return DataLoader(
             BatchItems(windows),
             batch_size=None,
@@ -88,11 +90,12 @@ class MeleeDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        """Shuffled (reshuffled every epoch), full batches of the train split."""
-        return self.loader(self._split("train", self.train_set), shuffle=True, drop_last=True)
+        """Shuffled (reshuffled every epoch), full batches of the train split, player-swapped per `swap_players_p`."""
+        train = self._split("train", self.train_set)
+        return self.loader(train, shuffle=True, drop_last=True, swap_p=self.data_cfg.swap_players_p)
 
     def val_dataloader(self) -> DataLoader:
-        """Every window of the val split, in order (the last batch may be short)."""
+        """Every window of the val split, in order (the last batch may be short), never swapped."""
         return self.loader(self._split("val", self.val_set), shuffle=False, drop_last=False)
 
     def _split(self, name: str, windows: MeleeDataset | None) -> MeleeDataset:

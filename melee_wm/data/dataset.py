@@ -19,12 +19,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from melee_wm.data.augment import swap_players_where
 from melee_wm.data.batch import Batch, Targets, build_batch
 from melee_wm.data.config import DataConfig
 from melee_wm.data.split import SPLITS, select_games
 from melee_wm.data.store import Store, open_store
 from melee_wm.encoding.config import EncodingConfig
 from melee_wm.encoding.layout import Layout
+from melee_wm.encoding.missing import invalid_columns
 
 ArrayLike = np.ndarray | Tensor
 
@@ -96,12 +98,23 @@ def _to_numpy(array: ArrayLike) -> np.ndarray:
     return array.detach().cpu().numpy() if isinstance(array, Tensor) else np.asarray(array)
 
 
+def game_validity(layout: Layout, missing_fields: Sequence[Sequence[str]]) -> tuple[np.ndarray, np.ndarray]:
+    """(G, num_floats) and (G, num_ints) bool: False for the columns of fields each game's format lacks."""
+    invalid = [invalid_columns(layout, fields) for fields in missing_fields]
+    return (
+        np.array([~f.numpy() for f, _ in invalid], dtype=bool).reshape(len(invalid), layout.num_floats),
+        np.array([~i.numpy() for _, i in invalid], dtype=bool).reshape(len(invalid), layout.num_ints),
+    )
+
+
 class MeleeDataset(torch.utils.data.Dataset):
     """Windows of `cfg.context_len + 1` frames from the selected games of one or more shards.
 
     Build it with `from_store` or `from_tensors`. shards: [(floats (N_s, num_floats), ints (N_s, num_ints))];
     game_shard, game_start, game_length: (G,) shard index, first row in that shard and frame count of each
-    selected game; md5s: their md5s (empty strings when unknown). Inputs must already be validated.
+    selected game; md5s: their md5s (empty strings when unknown); game_valid: (G, num_floats) and
+    (G, num_ints) bool, False for columns whose field the game's replay format lacks (None: all valid).
+    Inputs must already be validated.
     """
 
     def __init__(
@@ -114,6 +127,7 @@ class MeleeDataset(torch.utils.data.Dataset):
         cfg: DataConfig,
         encoding: EncodingConfig,
         rebuild: tuple[Any, tuple, dict] | None = None,
+        game_valid: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> None:
         self.cfg = cfg
         self.encoding = encoding
@@ -129,6 +143,10 @@ class MeleeDataset(torch.utils.data.Dataset):
         self.game_shard = torch.as_tensor(np.asarray(game_shard, dtype=np.int64), device=self.device)
         self.game_start = torch.as_tensor(np.asarray(game_start, dtype=np.int64), device=self.device)
         self.game_length = torch.as_tensor(game_length)
+        if game_valid is None:
+            game_valid = game_validity(self.layout, [[]] * len(game_length))
+        self.game_valid_floats = torch.as_tensor(game_valid[0], dtype=torch.bool, device=self.device)
+        self.game_valid_ints = torch.as_tensor(game_valid[1], dtype=torch.bool, device=self.device)
         offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         self.window_offsets = torch.as_tensor(offsets, device=self.device)
         self._windows = self._window_views()
@@ -146,10 +164,12 @@ class MeleeDataset(torch.utils.data.Dataset):
         cfg: DataConfig,
         encoding: EncodingConfig,
         md5s: Sequence[str] | None = None,
+        missing_fields: Sequence[Sequence[str]] | None = None,
     ) -> MeleeDataset:
         """Every game of in-memory arrays: floats (N, num_floats) float32, ints (N, num_ints) int, game_offsets
-        (G + 1,) and game_lengths (G,) (numpy or torch). md5s: (G,) optional, for bookkeeping only. Tensors
-        on an accelerator give a device-resident dataset."""
+        (G + 1,) and game_lengths (G,) (numpy or torch). md5s: (G,) optional, for bookkeeping only;
+        missing_fields: (G,) lists of parsed fields each game's replay format lacks (None: all recorded).
+        Tensors on an accelerator give a device-resident dataset."""
         layout = Layout(encoding)
         name = "MeleeDataset.from_tensors"
         check_arrays(floats, ints, layout, name)
@@ -161,6 +181,8 @@ class MeleeDataset(torch.utils.data.Dataset):
             check_vocab(t.amin(0).cpu().numpy(), t.amax(0).cpu().numpy(), layout, name)
         if md5s is not None and len(md5s) != num_games:
             raise ValueError(f"{name}: {len(md5s)} md5s for {num_games} games")
+        if missing_fields is not None and len(missing_fields) != num_games:
+            raise ValueError(f"{name}: {len(missing_fields)} missing_fields lists for {num_games} games")
         return cls(
             [(floats, ints)],
             np.zeros(num_games, dtype=np.int64),
@@ -172,8 +194,9 @@ class MeleeDataset(torch.utils.data.Dataset):
             rebuild=(
                 cls.from_tensors,
                 (floats, ints, game_offsets, game_lengths, num_games, cfg, encoding),
-                {"md5s": md5s},
+                {"md5s": md5s, "missing_fields": missing_fields},
             ),
+            game_valid=None if missing_fields is None else game_validity(layout, missing_fields),
         )
 
     @classmethod
@@ -206,17 +229,18 @@ class MeleeDataset(torch.utils.data.Dataset):
             lo, hi = ([stats[n][k] for n in layout.int_names] for k in ("min", "max"))
             check_vocab(np.array(lo), np.array(hi), layout, name)
         games = store.games
-        chosen = [games[i] for i in select_games((g["md5"] for g in games), split, cfg.val_fraction, cfg.split_salt)]
-        chosen.sort(key=lambda g: (g["shard"], g["offset"]))
+        chosen = [games[i] for i in select_games((g.md5 for g in games), split, cfg.val_fraction, cfg.split_salt)]
+        chosen.sort(key=lambda g: (g.shard, g.offset))
         return cls(
             [(s.floats, s.ints) for s in store.shards],
-            np.array([g["shard"] for g in chosen], dtype=np.int64),
-            np.array([g["offset"] for g in chosen], dtype=np.int64),
-            np.array([g["length"] for g in chosen], dtype=np.int64),
-            [g["md5"] for g in chosen],
+            np.array([g.shard for g in chosen], dtype=np.int64),
+            np.array([g.offset for g in chosen], dtype=np.int64),
+            np.array([g.length for g in chosen], dtype=np.int64),
+            [g.md5 for g in chosen],
             cfg,
             store.config,
             rebuild=(cls.from_store, (str(store.path), split, cfg, store.config), {}),
+            game_valid=game_validity(layout, [g.missing_fields for g in chosen]),
         )
 
     def __reduce__(self) -> tuple[Callable[..., MeleeDataset], tuple]:
@@ -244,7 +268,7 @@ class MeleeDataset(torch.utils.data.Dataset):
             return moved[key]
 
         self.shards = [(move(f), move(i)) for f, i in self.shards]
-        for name in ("game_shard", "game_start", "window_offsets"):
+        for name in ("game_shard", "game_start", "window_offsets", "game_valid_floats", "game_valid_ints"):
             setattr(self, name, getattr(self, name).to(device))
         self.device = device
         self._windows = self._window_views()
@@ -277,13 +301,17 @@ class MeleeDataset(torch.utils.data.Dataset):
         """Number of windows."""
         return int(self.window_offsets[-1])
 
-    def window_starts(self, indices: ArrayLike) -> tuple[Tensor, Tensor]:
-        """Shard index and first row of each window. indices: (B,) -> ((B,), (B,)) long, on the dataset's device."""
+    def window_games(self, indices: ArrayLike) -> tuple[Tensor, Tensor]:
+        """(window indices, game of each window), both (B,) long on the dataset's device."""
         idx = torch.as_tensor(indices, dtype=torch.long, device=self.device).reshape(-1)
         n = len(self)
         if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= n):
             raise IndexError(f"window indices must be in [0, {n}), got [{int(idx.min())}, {int(idx.max())}]")
-        game = torch.searchsorted(self.window_offsets[1:], idx, right=True)
+        return idx, torch.searchsorted(self.window_offsets[1:], idx, right=True)
+
+    def window_starts(self, indices: ArrayLike) -> tuple[Tensor, Tensor]:
+        """Shard index and first row of each window. indices: (B,) -> ((B,), (B,)) long, on the dataset's device."""
+        idx, game = self.window_games(indices)
         return self.game_shard[game], self.game_start[game] + (idx - self.window_offsets[game])
 
     def gather(self, indices: ArrayLike) -> tuple[Tensor, Tensor]:
@@ -312,24 +340,26 @@ class MeleeDataset(torch.utils.data.Dataset):
                 out[pick] = view.index_select(0, start[pick])
         return floats, ints
 
-    def get_batch(self, indices: ArrayLike) -> Batch:
-        """The `Batch` of the given window indices (B,), built on the dataset's device."""
+    def get_batch(self, indices: ArrayLike, swap: Tensor | None = None) -> Batch:
+        """The `Batch` of the given window indices (B,), built on the dataset's device. swap: (B,) bool, the
+        windows to see from the other port (`swap_players_where`), or None for none."""
         floats, ints = self.gather(indices)
-        return build_batch(floats, ints, self.layout, self.cfg.num_positions)
+        if swap is not None:
+            floats, ints = swap_players_where(floats, ints, self.layout, swap)
+        batch = build_batch(floats, ints, self.layout, self.cfg.num_positions)
+        _, game = self.window_games(indices)
+        batch.valid_floats, batch.valid_ints = self.game_valid_floats[game], self.game_valid_ints[game]
+        return batch
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         """One window as a nested dict of unbatched tensors (the per-sample path; prefer `get_batch`)."""
-        shard, start = self.window_starts([index])
-        f, i = self._windows[int(shard)]
-        s = int(start)
-        batch = build_batch(f[s : s + 1].clone(), i[s : s + 1].clone(), self.layout, self.cfg.num_positions)
-        return _unbatch(batch)
+        return _unbatch(self.get_batch([index]))
 
 
 def _unbatch(obj: Tensor | dict | Batch | Targets) -> Tensor | dict[str, Any]:
     """Batch item 0 of a (nested) batch, with `Batch`/`Targets` turned into dicts (what default_collate takes)."""
-    if isinstance(obj, Tensor):
-        return obj[0]
+    if obj is None or isinstance(obj, Tensor):
+        return obj if obj is None else obj[0]
     if isinstance(obj, dict):
         return {k: _unbatch(v) for k, v in obj.items()}
     if isinstance(obj, (Batch, Targets)):

@@ -51,12 +51,13 @@ class StoreFilters:
 
 @dataclass
 class EncodedFile:
-    """A kept game: its manifest row (without store position); its columns, one per row (the store transposes
-    them while writing): float_columns (F, T) float32, int_columns (I, T) int16; and their moments."""
+    """A kept game: its metadata (the store adds its position to make the manifest row); its columns, one per
+    row (the store transposes them while writing): float_columns (F, T) float32, int_columns (I, T) int16; and
+    their moments."""
 
     path: str
     md5: str
-    row: dict
+    meta: GameMeta
     float_columns: np.ndarray
     int_columns: np.ndarray
     float_moments: ColumnMoments
@@ -104,24 +105,6 @@ def find_replays(paths: Sequence[str | Path]) -> list[Path]:
     return list(found)
 
 
-def game_row(meta: GameMeta) -> dict:
-    """The manifest row of a game (no player names or codes exist in `GameMeta`)."""
-    return {
-        "md5": meta.md5,
-        "path": meta.path,
-        "length": meta.num_frames,
-        "stage": meta.stage,
-        "characters": list(meta.characters),
-        "ports": list(meta.ports),
-        "cpu_players": list(meta.cpu_players),
-        "end_method": meta.end_method,
-        "is_pal": meta.is_pal,
-        "slippi_version": meta.slippi_version,
-        "first_frame": meta.first_frame,
-        "missing_fields": list(meta.missing_fields),
-    }
-
-
 class FileProcessor:
     """md5 -> (known?) -> parse -> filter -> encode for one file; picklable, so it can ship to workers.
 
@@ -156,7 +139,7 @@ class FileProcessor:
         return EncodedFile(
             path=path,
             md5=parsed.meta.md5,
-            row=game_row(parsed.meta),
+            meta=parsed.meta,
             float_columns=encoded.floats,
             int_columns=encoded.ints,
             float_moments=encoded.float_moments,

@@ -15,12 +15,14 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from melee_wm.data.manifest import GameRow, StoreConfigError, StoreError
 from melee_wm.encoding.config import EncodingConfig, config_diff, format_config_diff
 from melee_wm.encoding.layout import Layout
 
 __all__ = [
     "MANIFEST",
     "STORE_FORMAT_VERSION",
+    "GameRow",
     "Shard",
     "Store",
     "StoreConfigError",
@@ -35,14 +37,6 @@ FLOAT_DTYPE = np.dtype(np.float32)
 INT_DTYPE = np.dtype(np.int16)
 
 
-class StoreError(ValueError):
-    """A store on disk that is inconsistent, or a folder that is not a store."""
-
-
-class StoreConfigError(ValueError):
-    """A store encoded with a different EncodingConfig (or filters) than the one asked for."""
-
-
 @dataclass
 class Shard:
     """floats: (frames, num_floats) float32 memmap; ints: (frames, num_ints) int16 memmap;
@@ -55,14 +49,14 @@ class Shard:
 
 @dataclass
 class Store:
-    """An opened store. `games` are the manifest rows in store order (md5, shard, offset, length, ...)."""
+    """An opened store. `games` are the manifest's game rows in store order; `manifest` is its parsed JSON."""
 
     path: Path
     manifest: dict
     config: EncodingConfig
     layout: Layout
     shards: list[Shard]
-    games: list[dict]
+    games: list[GameRow]
 
     @property
     def num_games(self) -> int:
@@ -77,8 +71,8 @@ class Store:
     def game(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """(floats (length, F), ints (length, I)) views of game `index` in store order."""
         row = self.games[index]
-        shard = self.shards[row["shard"]]
-        rows = slice(row["offset"], row["offset"] + row["length"])
+        shard = self.shards[row.shard]
+        rows = slice(row.offset, row.offset + row.length)
         return shard.floats[rows], shard.ints[rows]
 
 
@@ -114,15 +108,15 @@ def load_shard(folder: Path, entry: dict, layout: Layout) -> Shard:
     return Shard(floats=floats, ints=ints, game_offsets=offsets)
 
 
-def _check_games(path: Path, manifest: dict, shards: list[Shard]) -> None:
+def _check_games(path: Path, games: list[GameRow], shards: list[Shard]) -> None:
     """Every game row must match its shard's game_offsets, shard by shard, in order."""
-    by_shard: dict[int, list[dict]] = {}
-    for row in manifest["games"]:
-        by_shard.setdefault(row["shard"], []).append(row)
+    by_shard: dict[int, list[GameRow]] = {}
+    for row in games:
+        by_shard.setdefault(row.shard, []).append(row)
     for index, shard in enumerate(shards):
         rows = by_shard.pop(index, [])
-        starts = [r["offset"] for r in rows]
-        lengths = [r["length"] for r in rows]
+        starts = [r.offset for r in rows]
+        lengths = [r.length for r in rows]
         if starts != shard.game_offsets[:-1].tolist() or lengths != np.diff(shard.game_offsets).tolist():
             raise StoreError(f"{path / MANIFEST}: game rows of shard {index} disagree with its game_offsets.npy")
     if by_shard:
@@ -176,8 +170,9 @@ def open_store(path: str | Path, expected_config: EncodingConfig | None = None) 
         if manifest[kind] != names:
             raise StoreError(f"{path / MANIFEST}: {kind} differ from the layout of its own encoding_config")
     shards = [load_shard(path / entry["name"], entry, layout) for entry in manifest["shards"]]
-    _check_games(path, manifest, shards)
-    return Store(path=path, manifest=manifest, config=config, layout=layout, shards=shards, games=manifest["games"])
+    games = [GameRow.from_dict(row, path) for row in manifest["games"]]
+    _check_games(path, games, shards)
+    return Store(path=path, manifest=manifest, config=config, layout=layout, shards=shards, games=games)
 
 
 def print_summary(manifest: dict, console: Console, *, added: Counter | None = None, details: bool = False) -> None:

@@ -1,9 +1,9 @@
-"""Writing the encoded store, streaming and resumably (`build_store`).
+"""Writing the encoded store, streaming and resumably (`build_store`): the worker pool, resuming, the manifest.
 
 A shard is written under a temporary name, game by game as they arrive (on a helper thread, so only about two
-games are in memory), and renamed when complete; the manifest, rewritten atomically after each shard, lists
-only complete shards. A rerun of the same build skips the games the manifest holds, so a killed run resumes
-where its last shard ended.
+games are in memory; `shard_writer.py`), and renamed when complete; the manifest, rewritten atomically after
+each shard, lists only complete shards. A rerun of the same build skips the games the manifest holds, so a
+killed run resumes where its last shard ended.
 """
 
 from __future__ import annotations
@@ -15,19 +15,19 @@ import os
 import shutil
 from collections import Counter, deque
 from collections.abc import Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from multiprocessing.pool import AsyncResult, Pool
 from pathlib import Path
 
-import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from melee_wm.data.column_stats import ColumnStats
+from melee_wm.data.manifest import GameRow, StoreConfigError, StoreError
 from melee_wm.data.pipeline import (
-    EncodedFile,
     FileProcessor,
     FileResult,
     KnownFile,
@@ -37,14 +37,11 @@ from melee_wm.data.pipeline import (
     init_worker,
     process_in_worker,
 )
+from melee_wm.data.shard_writer import SHARD_PREFIX, TMP_PREFIX, OpenShard
 from melee_wm.data.store import (
-    FLOAT_DTYPE,
-    INT_DTYPE,
     MANIFEST,
     STORE_FORMAT_VERSION,
     Store,
-    StoreConfigError,
-    StoreError,
     check_config,
     load_shard,
     map_shard,
@@ -52,48 +49,10 @@ from melee_wm.data.store import (
     read_manifest,
 )
 from melee_wm.encoding.config import ENCODER_VERSION, EncodingConfig, config_diff, format_config_diff
-from melee_wm.encoding.encoder import ColumnMoments, column_moments
+from melee_wm.encoding.encoder import ColumnMoments
 from melee_wm.encoding.layout import Layout
 
-SHARD_PREFIX = "shard_"
-TMP_PREFIX = ".tmp_"  # shards being written, and the manifest while it is replaced
 LOCK_FILE = ".lock"
-WRITE_BLOCK_ROWS = 2048  # rows transposed per block when a shard is written; the buffer stays in cache
-
-
-class ColumnStats:
-    """Streaming float64 count / sum / sum of squares / min / max of each column."""
-
-    def __init__(self, num_columns: int) -> None:
-        self.count = 0
-        self.sum = np.zeros(num_columns)
-        self.sumsq = np.zeros(num_columns)
-        self.min = np.full(num_columns, np.inf)
-        self.max = np.full(num_columns, -np.inf)
-
-    def update(self, values: np.ndarray) -> None:
-        """values: (rows, num_columns)."""
-        self.merge(column_moments(np.ascontiguousarray(values.T)))
-
-    def merge(self, moments: ColumnMoments) -> None:
-        """Add the moments of more rows (e.g. one encoded game's, computed in the worker)."""
-        if moments.count == 0:
-            return
-        self.count += moments.count
-        self.sum += moments.sum
-        self.sumsq += moments.sumsq
-        self.min = np.minimum(self.min, moments.min)
-        self.max = np.maximum(self.max, moments.max)
-
-    def to_dict(self, names: Sequence[str]) -> dict[str, dict[str, float | None]]:
-        if self.count == 0:
-            return {n: {"mean": None, "std": None, "min": None, "max": None} for n in names}
-        mean = self.sum / self.count
-        std = np.sqrt(np.maximum(self.sumsq / self.count - mean**2, 0.0))
-        return {
-            n: {"mean": float(mean[i]), "std": float(std[i]), "min": float(self.min[i]), "max": float(self.max[i])}
-            for i, n in enumerate(names)
-        }
 
 
 def _now() -> str:
@@ -111,97 +70,16 @@ def _write_json_atomic(path: Path, data: dict) -> str:
     return text
 
 
-class _NpyAppender:
-    """A (rows, columns) .npy file written part by part: each part (columns, rows), one column per row, is
-    transposed block by block through a small reused buffer. The header, first written for 0 rows, is rewritten
-    with the final row count by `close` (both pad to the same 64-byte multiple)."""
-
-    def __init__(self, path: Path, dtype: np.dtype, columns: int) -> None:
-        self.path, self.dtype, self.columns, self.rows = path, dtype, columns, 0
-        self.buffer = np.empty((WRITE_BLOCK_ROWS, columns), dtype=dtype)
-        self.file = open(path, "wb")  # noqa: SIM115 (closed by `close`)
-        self._write_header()
-        self.data_start = self.file.tell()
-
-    def _write_header(self) -> None:
-        descr = np.lib.format.dtype_to_descr(self.dtype)
-        header = {"descr": descr, "fortran_order": False, "shape": (self.rows, self.columns)}
-        np.lib.format.write_array_header_1_0(self.file, header)
-
-    def append(self, part: np.ndarray) -> None:
-        if part.shape[0] != self.columns:
-            raise ValueError(f"{self.path}: a game has {part.shape[0]} columns, expected {self.columns}")
-        for start in range(0, part.shape[1], WRITE_BLOCK_ROWS):
-            block = self.buffer[: min(WRITE_BLOCK_ROWS, part.shape[1] - start)]
-            np.copyto(block, part[:, start : start + len(block)].T)
-            self.file.write(memoryview(block).cast("B"))
-        self.rows += part.shape[1]
-
-    def close(self) -> None:
-        self.file.seek(0)
-        self._write_header()
-        if self.file.tell() != self.data_start:
-            raise StoreError(f"{self.path}: the header for {self.rows} rows outgrew the space written for it")
-        self.file.close()
-
-
 @dataclass
 class _PendingGame:
     """A game written into the open shard, kept until the shard is committed: its manifest row, repairs and
     column moments (its columns are already on disk)."""
 
-    row: dict
+    row: GameRow
     nonfinite: dict[str, int]
     clamped: dict[str, int]
     float_moments: ColumnMoments
     int_moments: ColumnMoments
-
-
-class _OpenShard:
-    """The next shard, written under its temporary name as games arrive. Each game is transposed and written on
-    the `writer` thread (numpy copies and file writes release the GIL) while the caller encodes the next; at most
-    one write is in flight, so two games at most are in memory."""
-
-    def __init__(self, out: Path, index: int, layout: Layout, writer: ThreadPoolExecutor) -> None:
-        self.index, self.name = index, _shard_name(index)
-        self.writer = writer
-        self.writing: Future | None = None
-        self.tmp = out / f"{TMP_PREFIX}{self.name}"
-        if self.tmp.exists():
-            shutil.rmtree(self.tmp)
-        self.tmp.mkdir()
-        self.floats = _NpyAppender(self.tmp / "floats.npy", FLOAT_DTYPE, layout.num_floats)
-        self.ints = _NpyAppender(self.tmp / "ints.npy", INT_DTYPE, layout.num_ints)
-        self.offsets = [0]
-
-    def append(self, game: EncodedFile) -> int:
-        """Start writing one game's columns (after the previous game's write ends); returns its row offset."""
-        self._wait()
-        self.writing = self.writer.submit(self._write, game.float_columns, game.int_columns)
-        self.offsets.append(self.offsets[-1] + game.float_columns.shape[1])
-        return self.offsets[-2]
-
-    def _write(self, floats: np.ndarray, ints: np.ndarray) -> None:
-        self.floats.append(floats)
-        self.ints.append(ints)
-
-    def _wait(self) -> None:
-        """Wait for the write in flight, raising its error."""
-        if self.writing is not None:
-            writing, self.writing = self.writing, None
-            writing.result()
-
-    def commit(self, folder: Path) -> None:
-        """Finish the files and rename the shard into place as `folder`."""
-        self._wait()
-        self.floats.close()
-        self.ints.close()
-        np.save(self.tmp / "game_offsets.npy", np.array(self.offsets, dtype=np.int64))
-        os.rename(self.tmp, folder)
-
-
-def _shard_name(index: int) -> str:
-    return f"{SHARD_PREFIX}{index:05d}"
 
 
 def _is_store_entry(name: str) -> bool:
@@ -252,7 +130,7 @@ class _Writer:
         self.shard_frames = shard_frames
         self.dedupe = dedupe
         self.created = _now()
-        self.games: list[dict] = []  # committed (listed in the manifest)
+        self.games: list[GameRow] = []  # committed (listed in the manifest)
         self.shards: list[dict] = []
         self.skipped: dict[str, dict] = {}  # path -> {path, md5, reason}
         self.duplicates: dict[str, dict] = {}  # path -> {path, md5}
@@ -260,7 +138,7 @@ class _Writer:
         self.clamped: Counter = Counter()
         self.float_stats = ColumnStats(self.layout.num_floats)
         self.int_stats = ColumnStats(self.layout.num_ints)
-        self.shard: _OpenShard | None = None
+        self.shard: OpenShard | None = None
         self.pending: list[_PendingGame] = []  # written into `shard`, not yet committed
         self.pending_frames = 0
         self.stored: dict[str, set[str]] = {}  # md5 -> paths, committed and pending
@@ -269,14 +147,14 @@ class _Writer:
     def resume(self, manifest: dict) -> None:
         """Take over a previous build's committed state (its listed shards are re-read for the stats)."""
         self.created = manifest.get("created", self.created)
-        self.games = list(manifest["games"])
+        self.games = [GameRow.from_dict(row, self.out) for row in manifest["games"]]
         self.shards = list(manifest["shards"])
         self.skipped = {r["path"]: r for r in manifest["skipped"]}
         self.duplicates = {r["path"]: r for r in manifest["duplicates"]}
         self.nonfinite.update(manifest["repairs"]["nonfinite"])
         self.clamped.update(manifest["repairs"]["clamped"])
         for row in self.games:
-            self.stored.setdefault(row["md5"], set()).add(row["path"])
+            self.stored.setdefault(row.md5, set()).add(row.path)
         for entry in self.shards:
             shard = load_shard(self.out / entry["name"], entry, self.layout)
             for start, end in zip(shard.game_offsets[:-1], shard.game_offsets[1:], strict=True):
@@ -299,11 +177,15 @@ class _Writer:
             return
         self.stored.setdefault(result.md5, set()).add(path)
         if self.shard is None:
-            self.shard = _OpenShard(self.out, len(self.shards), self.layout, self.shard_writer)
+            self.shard = OpenShard(self.out, len(self.shards), self.layout, self.shard_writer)
         offset = self.shard.append(result)
-        row = dict(result.row, shard=self.shard.index, offset=offset)
-        row["nonfinite"] = sum(result.nonfinite.values())
-        row["clamped"] = sum(result.clamped.values())
+        row = GameRow.from_meta(
+            result.meta,
+            shard=self.shard.index,
+            offset=offset,
+            nonfinite=sum(result.nonfinite.values()),
+            clamped=sum(result.clamped.values()),
+        )
         self.pending.append(
             _PendingGame(row, result.nonfinite, result.clamped, result.float_moments, result.int_moments)
         )
@@ -357,7 +239,7 @@ class _Writer:
                 "nonfinite": dict(sorted(self.nonfinite.items())),
                 "clamped": dict(sorted(self.clamped.items())),
             },
-            "games": self.games,
+            "games": [row.to_dict() for row in self.games],
             "skipped": list(self.skipped.values()),
             "duplicates": list(self.duplicates.values()),
             "shards": self.shards,
@@ -380,7 +262,7 @@ class _Writer:
             config=EncodingConfig.from_dict(manifest["encoding_config"]),
             layout=self.layout,
             shards=[map_shard(self.out / entry["name"]) for entry in self.shards],
-            games=manifest["games"],
+            games=[GameRow.from_dict(row, self.out) for row in manifest["games"]],
         )
 
 

@@ -10,9 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
+from melee_wm.constants import NUM_PLAYERS  # also imported from here by the layout's users
 from melee_wm.encoding.config import EncodingConfig
-
-NUM_PLAYERS = 2
 
 
 class Target(str, Enum):

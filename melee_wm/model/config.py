@@ -15,6 +15,7 @@ from melee_wm.schema import load_structured
 
 ARCHS = ("mamba2", "mlp")
 BACKENDS = ("torch", "mamba_ssm")
+AUTO_BACKEND = "auto"  # mamba_ssm when CUDA and the package are there, else torch (resolved when the model is built)
 # Keys only one arch reads: any other arch must leave them at their defaults.
 ARCH_KEYS: dict[str, tuple[str, ...]] = {
     "mamba2": (
@@ -51,7 +52,7 @@ class ModelConfig:
     headdim: int = 64
     ngroups: int = 1
     chunk_size: int = 15  # SSD chunk length; windows up to chunk_size + 2 * d_state run as one chunk (exact)
-    backend: str = "torch"  # "torch" (pure PyTorch, any device) or "mamba_ssm" (fused CUDA kernels)
+    backend: str = "torch"  # "torch" (pure PyTorch, any device), "mamba_ssm" (fused CUDA kernels) or "auto"
     dt_min: float = 0.001
     dt_max: float = 0.1
     norm_eps: float = 1e-5
@@ -91,8 +92,8 @@ class ModelConfig:
                         key,
                         f"only the {arch} arch uses it, but arch={self.arch!r}; got {value!r} (default {default!r})",
                     )
-        if self.backend not in BACKENDS:
-            fail("backend", f"got {self.backend!r}, expected one of {list(BACKENDS)}")
+        if self.backend not in (*BACKENDS, AUTO_BACKEND):
+            fail("backend", f"got {self.backend!r}, expected one of {[*BACKENDS, AUTO_BACKEND]}")
         for key in ("d_model", "n_layers", "d_state", "d_conv", "expand", "headdim", "ngroups", "chunk_size"):
             if getattr(self, key) < 1:
                 fail(key, f"must be >= 1, got {getattr(self, key)}")

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from melee_wm.encoding.layout import NUM_PLAYERS, Layout
 from melee_wm.model.config import ModelConfig
-from melee_wm.model.mamba2 import RMSNorm
+from melee_wm.model.norm import RMSNorm
 
 
 @dataclass

@@ -16,7 +16,7 @@ from melee_wm.encoding.layout import Layout
 from melee_wm.model.config import ModelConfig
 from melee_wm.model.embedding import FrameEmbedding
 from melee_wm.model.heads import Prediction, PredictionHeads
-from melee_wm.model.mamba2 import RMSNorm
+from melee_wm.model.norm import RMSNorm
 from melee_wm.model.summary import model_summary
 
 

@@ -13,9 +13,10 @@ from torch import Tensor, nn
 from melee_wm.encoding.layout import Layout
 from melee_wm.model.config import ModelConfig
 from melee_wm.model.embedding import FrameEmbedding
+from melee_wm.model.fused import resolve_backend
 from melee_wm.model.heads import Prediction, PredictionHeads
-from melee_wm.model.mamba2 import Mamba2, Mamba2State, RMSNorm
-from melee_wm.model.mlp import FrameStackMLP
+from melee_wm.model.mamba2 import Mamba2, Mamba2State
+from melee_wm.model.norm import RMSNorm
 from melee_wm.model.summary import model_summary
 
 
@@ -47,7 +48,7 @@ class ResidualBlock(nn.Module):
             dt_min=cfg.dt_min,
             dt_max=cfg.dt_max,
             norm_eps=cfg.norm_eps,
-            backend=cfg.backend,
+            backend=resolve_backend(cfg.backend),
         )
         self.dropout = nn.Dropout(cfg.dropout)
         self.layer_dropout = cfg.layer_dropout
@@ -126,12 +127,3 @@ class WorldModel(nn.Module):
     def summary(self) -> str:
         """Human-readable description: config, head shapes and parameter counts."""
         return model_summary(self, self.cfg)
-
-
-def build_model(cfg: ModelConfig, layout: Layout, context_len: int) -> nn.Module:
-    """The model `cfg.arch` names; `context_len` (the data's K) bounds the MLP's frame stack."""
-    if cfg.arch == "mamba2":
-        return WorldModel(cfg, layout)
-    if cfg.arch == "mlp":
-        return FrameStackMLP(cfg, layout, context_len)
-    raise ValueError(f"ModelConfig.arch: unknown {cfg.arch!r}")

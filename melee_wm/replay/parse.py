@@ -21,7 +21,7 @@ import numpy as np
 import peppi_py
 import pyarrow as pa
 
-from melee_wm.encoding.layout import NUM_PLAYERS
+from melee_wm.constants import NUM_PLAYERS
 
 AIRBORNE_GROUND = 65535  # `post.ground` value peppi reports when a player stands on nothing
 

@@ -1,6 +1,12 @@
-"""Helpers shared by the benchmarks (not a benchmark itself: the runner skips modules starting with "_")."""
+"""Helpers shared by the benchmarks (not a benchmark itself: the runner skips modules starting with "_").
+
+Every line a benchmark yields is a `record`: a dict whose first key, `name`, says what was measured; the last
+line is the `summary` (`name: "summary"`, `ratio`, `target`, `passed`, then anything else it reports).
+"""
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch.nn.functional as F
 from torch import Tensor
@@ -8,6 +14,22 @@ from torch import Tensor
 from melee_wm.data.batch import Targets
 from melee_wm.encoding.layout import Layout, Target
 from melee_wm.model.heads import Prediction
+
+SUMMARY = "summary"
+SUMMARY_KEYS = ("name", "ratio", "target", "passed")
+
+
+def record(name: str, **fields: Any) -> dict[str, Any]:
+    """One JSON line of a benchmark: `name` (what was measured), then its fields."""
+    if "name" in fields:
+        raise ValueError(f"record {name!r}: 'name' is given twice")
+    return {"name": name, **fields}
+
+
+def summary(ratio: float, target: float, passed: bool, **fields: Any) -> dict[str, Any]:
+    """The last line of every benchmark: the measured `ratio`, the `target` it should reach, whether it `passed`
+    (every check the benchmark makes), then any other fields."""
+    return record(SUMMARY, ratio=ratio, target=target, passed=bool(passed), **fields)
 
 
 def stand_in_loss(pred: Prediction, targets: Targets, layout: Layout) -> Tensor:

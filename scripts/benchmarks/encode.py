@@ -31,6 +31,8 @@ from melee_wm.data.store_writer import build_store
 from melee_wm.encoding.config import EncodingConfig
 from melee_wm.samples import sample_paths
 
+from ._common import record, summary
+
 RSS_SHARD_FRAMES = 20_000  # below one sample set's 39,188 frames, so N already fills a shard
 RSS_CHILD = """
 import json, resource, sys
@@ -99,19 +101,19 @@ def run(quick: bool) -> Iterator[dict]:
             for name, folder in (("n", small), ("4n", large)):
                 peak = _peak_rss(folder, tmp / f"store_{name}")
                 peaks[name].append(peak["peak_rss_mib"])
-                yield {"measure": "peak_rss", "files": name, "games": peak["games"], "frames": peak["frames"], **peak}
+                yield record("peak_rss", files=name, **peak)
         rss_n, rss_4n = statistics.median(peaks["n"]), statistics.median(peaks["4n"])
         rss_ratio = rss_4n / rss_n
-        yield {
-            "measure": "peak_rss_4n_over_n",
-            "shard_frames": RSS_SHARD_FRAMES,
-            "rss_n_mib": round(rss_n, 1),
-            "rss_4n_mib": round(rss_4n, 1),
-            "ratio": round(rss_ratio, 3),
-            "target": 1.10,
-            "goal": "<=",
-            "passed": rss_ratio <= 1.10,
-        }
+        yield record(
+            "peak_rss_4n_over_n",
+            shard_frames=RSS_SHARD_FRAMES,
+            rss_n_mib=round(rss_n, 1),
+            rss_4n_mib=round(rss_4n, 1),
+            ratio=round(rss_ratio, 3),
+            target=1.10,
+            goal="<=",
+            passed=rss_ratio <= 1.10,
+        )
 
         _peppi_seconds(files)  # warm the page cache and imports for both sides
         _pipeline_seconds(files, tmp / "store_warm")
@@ -124,38 +126,37 @@ def run(quick: bool) -> Iterator[dict]:
         peppi_wall, peppi_thread, peppi_cpu = (statistics.median(s) for s in zip(*peppi_s, strict=True))
         wall, thread, cpu = (statistics.median(s) for s in zip(*pipeline_s, strict=True))
         ratio = peppi_wall / wall  # = pipeline frames/s over peppi frames/s
-        yield {
-            "measure": "frames_per_s",
-            "files": len(files),
-            "frames": frames,
-            "repeats": repeats,
-            "workers": 1,
-            "md5_thread": True,  # the pipeline hashes each file on a helper thread while peppi reads it
-            "shard_writer_thread": True,  # and writes each game into the shard on another, beside the next file
-            "peppi_ms": {
+        yield record(
+            "frames_per_s",
+            files=len(files),
+            frames=frames,
+            repeats=repeats,
+            workers=1,
+            md5_thread=True,  # the pipeline hashes each file on a helper thread while peppi reads it
+            shard_writer_thread=True,  # and writes each game into the shard on another, beside the next file
+            peppi_ms={
                 "wall": round(peppi_wall * 1e3, 1),
                 "main_cpu": round(peppi_thread * 1e3, 1),
                 "process_cpu": round(peppi_cpu * 1e3, 1),
             },
-            "pipeline_ms": {
+            pipeline_ms={
                 "wall": round(wall * 1e3, 1),
                 "main_cpu": round(thread * 1e3, 1),
                 "process_cpu": round(cpu * 1e3, 1),
             },
-            "ratio_main_cpu": round(peppi_thread / thread, 3),
-            "peppi_fps": round(frames / peppi_wall),
-            "pipeline_fps": round(frames / wall),
-            "ratio": round(ratio, 3),
-            "target": 0.5,
-            "goal": ">=",
-            "passed": ratio >= 0.5,
-        }
-        yield {
-            "measure": "summary",
-            "ratio": round(ratio, 3),
-            "target": 0.5,
-            "rss_4n_over_n": round(rss_ratio, 3),
-            "rss_target": 1.10,
-            "checks": {"pipeline_vs_peppi": ratio >= 0.5, "flat_memory": rss_ratio <= 1.10},
-            "passed": ratio >= 0.5 and rss_ratio <= 1.10,
-        }
+            ratio_main_cpu=round(peppi_thread / thread, 3),
+            peppi_fps=round(frames / peppi_wall),
+            pipeline_fps=round(frames / wall),
+            ratio=round(ratio, 3),
+            target=0.5,
+            goal=">=",
+            passed=ratio >= 0.5,
+        )
+        yield summary(
+            ratio=round(ratio, 3),
+            target=0.5,
+            passed=ratio >= 0.5 and rss_ratio <= 1.10,
+            rss_4n_over_n=round(rss_ratio, 3),
+            rss_target=1.10,
+            checks={"pipeline_vs_peppi": ratio >= 0.5, "flat_memory": rss_ratio <= 1.10},
+        )

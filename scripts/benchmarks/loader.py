@@ -40,18 +40,19 @@ from melee_wm.data.store import open_store
 from melee_wm.data.store_writer import build_store
 from melee_wm.encoding.config import EncodingConfig
 from melee_wm.encoding.layout import Layout
+from melee_wm.model.build import build_model
 from melee_wm.model.config import load_model_config
-from melee_wm.model.world_model import build_model
+from melee_wm.paths import config_dir
 from melee_wm.samples import sample_dir
 
-from ._common import stand_in_loss
+from ._common import record, stand_in_loss, summary
 
 BATCH = 512
 CONTEXT = 30
 TARGET = 0.3
 SPEEDUP_TARGET = 5.0
 STEP_SHARE_TARGET = 0.05
-PRESET = Path(__file__).resolve().parents[2] / "conf" / "model" / "mamba2_base.yaml"
+PRESET = config_dir() / "model" / "mamba2_base.yaml"
 
 
 def cache_root() -> Path:
@@ -195,17 +196,17 @@ def run(quick: bool) -> Iterator[dict]:
     ds = MeleeDataset.from_store(path, "all", cfg)
     row_bytes = layout.num_floats * 4 + layout.num_ints * 2
     window_bytes = cfg.window_len * row_bytes
-    yield {
-        "name": "setup",
-        "store": str(path),
-        "frames": ds.num_frames,
-        "games": ds.num_games,
-        "shards": len(ds.shards),
-        "windows": len(ds),
-        "store_mib": ds.num_frames * row_bytes / 2**20,
-        "setup_s": time.perf_counter() - start,
-        "threads": torch.get_num_threads(),
-    }
+    yield record(
+        "setup",
+        store=str(path),
+        frames=ds.num_frames,
+        games=ds.num_games,
+        shards=len(ds.shards),
+        windows=len(ds),
+        store_mib=ds.num_frames * row_bytes / 2**20,
+        setup_s=time.perf_counter() - start,
+        threads=torch.get_num_threads(),
+    )
 
     rng = np.random.default_rng(0)
     src = np.random.default_rng(1).random((64 if quick else 256) * 2**20 // 8)
@@ -249,30 +250,30 @@ def run(quick: bool) -> Iterator[dict]:
     gather_bps = gather_sps * window_bytes
     ratio = statistics.median(g * window_bytes / m for g, m in zip(gather, memcpy, strict=True))  # per round
     speedup = statistics.median(g / s for g, s in zip(gather, single, strict=True))
-    yield {"name": "memcpy", "gib_s": memcpy_bps / 2**30, "samples": [m / 2**30 for m in memcpy]}
-    yield {
-        "name": "get_batch",
-        "batch": BATCH,
-        "context": CONTEXT,
-        "samples_per_s": gather_sps,
-        "gib_s": gather_bps / 2**30,
-        "share_of_memcpy": ratio,
-        "threads": 1,
-        "samples": gather,
-        "samples_per_s_all_threads": statistics.median(gather_all_threads),
-        "reference_share_of_memcpy": statistics.median(
+    yield record("memcpy", gib_s=memcpy_bps / 2**30, samples=[m / 2**30 for m in memcpy])
+    yield record(
+        "get_batch",
+        batch=BATCH,
+        context=CONTEXT,
+        samples_per_s=gather_sps,
+        gib_s=gather_bps / 2**30,
+        share_of_memcpy=ratio,
+        threads=1,
+        samples=gather,
+        samples_per_s_all_threads=statistics.median(gather_all_threads),
+        reference_share_of_memcpy=statistics.median(
             r * window_bytes / m for r, m in zip(reference, memcpy, strict=True)
         ),
-        "all_threads": threads,
-    }
-    yield {"name": "per_sample_getitem", "samples_per_s": single_sps, "get_batch_speedup": speedup}
+        all_threads=threads,
+    )
+    yield record("per_sample_getitem", samples_per_s=single_sps, get_batch_speedup=speedup)
 
     mem = worker_memory_fresh(str(path), 100 if quick else 400, window_bytes)
     store_mib = ds.num_frames * row_bytes / 2**20
-    yield {"name": "workers_memory", "store_mib": store_mib, **mem}
+    yield record("workers_memory", store_mib=store_mib, **mem)
 
     step = train_step_share(ds, layout, 64 if quick else BATCH, 1 if quick else 3)
-    yield {"name": "train_step_share", **step}
+    yield record("train_step_share", **step)
 
     checks = {
         "gather_vs_memcpy": ratio >= TARGET,
@@ -283,16 +284,15 @@ def run(quick: bool) -> Iterator[dict]:
         and mem["gathered_mib_per_worker"] > store_mib,
         "assembly_vs_step": step["share"] <= STEP_SHARE_TARGET,
     }
-    yield {
-        "name": "summary",
-        "ratio": ratio,
-        "target": TARGET,
-        "get_batch_speedup": speedup,
-        "speedup_target": SPEEDUP_TARGET,
-        "assembly_share_of_step": step["share"],
-        "step_share_target": STEP_SHARE_TARGET,
-        "worker_private_mib": max(mem["worker_private_mib_warm_half_end"][2]),
-        "store_mib": store_mib,
-        "checks": checks,
-        "passed": all(checks.values()),
-    }
+    yield summary(
+        ratio=ratio,
+        target=TARGET,
+        passed=all(checks.values()),
+        get_batch_speedup=speedup,
+        speedup_target=SPEEDUP_TARGET,
+        assembly_share_of_step=step["share"],
+        step_share_target=STEP_SHARE_TARGET,
+        worker_private_mib=max(mem["worker_private_mib_warm_half_end"][2]),
+        store_mib=store_mib,
+        checks=checks,
+    )

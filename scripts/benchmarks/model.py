@@ -9,19 +9,19 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import torch
 from torch import nn
 
 from melee_wm.data.batch import Batch, build_batch
 from melee_wm.encoding import EncodingConfig, Layout, Target
+from melee_wm.model.build import build_model
 from melee_wm.model.config import load_model_config
-from melee_wm.model.world_model import build_model
+from melee_wm.paths import config_dir
 
-from ._common import stand_in_loss
+from ._common import record, stand_in_loss, summary
 
-PRESET = Path(__file__).resolve().parents[2] / "conf" / "model" / "mamba2_base.yaml"
+PRESET = config_dir() / "model" / "mamba2_base.yaml"
 CONTEXT = 30
 TARGET = 0.5
 
@@ -78,16 +78,16 @@ def run(quick: bool) -> Iterator[dict]:
     floats, ints, next_ctrl = data.floats, data.ints, data.next_ctrl
     macs = count_linear_macs(model, floats, ints, next_ctrl)
     flops_per_step = 2 * macs * 3
-    yield {
-        "name": "setup",
-        "preset": PRESET.stem,
-        "params": model.num_parameters(),
-        "batch": batch,
-        "context": CONTEXT,
-        "threads": torch.get_num_threads(),
-        "linear_macs_forward": macs,
-        "flops_per_step": flops_per_step,
-    }
+    yield record(
+        "setup",
+        preset=PRESET.stem,
+        params=model.num_parameters(),
+        batch=batch,
+        context=CONTEXT,
+        threads=torch.get_num_threads(),
+        linear_macs_forward=macs,
+        flops_per_step=flops_per_step,
+    )
 
     def train_step() -> None:
         pred, _ = model(floats, ints, next_ctrl, need_state=False)
@@ -122,35 +122,35 @@ def run(quick: bool) -> Iterator[dict]:
         rounds_out.append({"matmul": mm, "step_s": min(steps), "mixers_s": time.perf_counter() - start})
     for r in rounds_out:
         r["ratio"] = flops_per_step / r["step_s"] / r["matmul"]
-    yield {
-        "name": "rounds",
-        "rounds": [
+    yield record(
+        "rounds",
+        rounds=[
             {"matmul_gflop_s": r["matmul"] / 1e9, "step_s": r["step_s"], "mixers_s": r["mixers_s"], "ratio": r["ratio"]}
             for r in rounds_out
         ],
-    }
+    )
     median = sorted(rounds_out, key=lambda r: r["ratio"])[len(rounds_out) // 2]
     step_s, mixers_s, mm = median["step_s"], median["mixers_s"], median["matmul"]
     achieved = flops_per_step / step_s
-    yield {"name": "matmul_fp32", "gflop_s": mm / 1e9}
-    yield {
-        "name": "train_step",
-        "step_s": step_s,
-        "samples_per_s": batch / step_s,
-        "frames_per_s": batch * CONTEXT / step_s,
-        "gflop_s": achieved / 1e9,
-    }
+    yield record("matmul_fp32", gflop_s=mm / 1e9)
+    yield record(
+        "train_step",
+        step_s=step_s,
+        samples_per_s=batch / step_s,
+        frames_per_s=batch * CONTEXT / step_s,
+        gflop_s=achieved / 1e9,
+    )
     rest_flops = flops_per_step - 6 * mixer_macs
-    yield {
-        "name": "breakdown",
-        "mixers_s": mixers_s,
-        "mixers_ideal_s": 6 * mixer_macs / mm,
-        "mixers_ratio": 6 * mixer_macs / mixers_s / mm,
-        "rest_s": step_s - mixers_s,
-        "rest_ideal_s": rest_flops / mm,
-        "rest_ratio": rest_flops / max(step_s - mixers_s, 1e-9) / mm,
-        "note": "mixers = the n_layers Mamba2 blocks fwd+bwd; rest = embedding, norms, heads, loss, AdamW",
-    }
+    yield record(
+        "breakdown",
+        mixers_s=mixers_s,
+        mixers_ideal_s=6 * mixer_macs / mm,
+        mixers_ratio=6 * mixer_macs / mixers_s / mm,
+        rest_s=step_s - mixers_s,
+        rest_ideal_s=rest_flops / mm,
+        rest_ratio=rest_flops / max(step_s - mixers_s, 1e-9) / mm,
+        note="mixers = the n_layers Mamba2 blocks fwd+bwd; rest = embedding, norms, heads, loss, AdamW",
+    )
 
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         train_step()
@@ -164,16 +164,15 @@ def run(quick: bool) -> Iterator[dict]:
         }
         for e in events[:12]
     ]
-    yield {"name": "profile_top_ops", "total_ms": round(total_us / 1e3, 1), "ops": top}
+    yield record("profile_top_ops", total_ms=round(total_us / 1e3, 1), ops=top)
 
     ratio = median["ratio"]
-    yield {
-        "name": "summary",
-        "samples_per_s": batch / step_s,
-        "achieved_gflop_s": achieved / 1e9,
-        "matmul_gflop_s": mm / 1e9,
-        "ratio": ratio,
-        "target": TARGET,
-        "best_round_ratio": max(r["ratio"] for r in rounds_out),
-        "passed": ratio >= TARGET,
-    }
+    yield summary(
+        ratio=ratio,
+        target=TARGET,
+        passed=ratio >= TARGET,
+        samples_per_s=batch / step_s,
+        achieved_gflop_s=achieved / 1e9,
+        matmul_gflop_s=mm / 1e9,
+        best_round_ratio=max(r["ratio"] for r in rounds_out),
+    )

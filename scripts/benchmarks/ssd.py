@@ -17,6 +17,8 @@ import torch.nn.functional as F
 
 from melee_wm.model.ssd import ssd_chunked, ssd_sequential
 
+from ._common import record, summary
+
 TARGET = 8.0
 D_MODEL, EXPAND, HEADDIM, D_STATE, NGROUPS, SEQLEN, CHUNK = 384, 2, 64, 64, 1, 30, 15
 
@@ -58,23 +60,22 @@ def run(quick: bool) -> Iterator[dict]:
     for rep in range(repeats):
         for name, fn in impls.items():
             times[name].append(time_fwd_bwd(fn, inputs, grads))
-        yield {"repeat": rep, **{f"{name}_s": round(ts[-1], 4) for name, ts in times.items()}}
+        yield record("repeat", repeat=rep, **{f"{name}_s": round(ts[-1], 4) for name, ts in times.items()})
     chunk_s, auto_s, seq_s = (statistics.median(times[name]) for name in ("chunked", "auto", "sequential"))
     ratio = seq_s / chunk_s
-    yield {
-        "bench": "ssd",
-        "batch": batch,
-        "seqlen": SEQLEN,
-        "chunk": CHUNK,
-        "threads": torch.get_num_threads(),
-        "chunked_s": round(chunk_s, 4),
-        "sequential_s": round(seq_s, 4),
-        "auto_single_chunk_s": round(auto_s, 4),
-        "auto_ratio": round(seq_s / auto_s, 2),
-        "ratio": round(ratio, 2),
-        "paired_ratio_median": round(
+    yield summary(
+        ratio=round(ratio, 2),
+        target=TARGET,
+        passed=ratio >= TARGET and seq_s / auto_s >= TARGET,
+        batch=batch,
+        seqlen=SEQLEN,
+        chunk=CHUNK,
+        threads=torch.get_num_threads(),
+        chunked_s=round(chunk_s, 4),
+        sequential_s=round(seq_s, 4),
+        auto_single_chunk_s=round(auto_s, 4),
+        auto_ratio=round(seq_s / auto_s, 2),
+        paired_ratio_median=round(
             statistics.median(s / c for s, c in zip(times["sequential"], times["chunked"], strict=True)), 2
         ),
-        "target": TARGET,
-        "passed": ratio >= TARGET and seq_s / auto_s >= TARGET,
-    }
+    )

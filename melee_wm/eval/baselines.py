@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from melee_wm.data.batch import next_values, select_xy
 from melee_wm.data.dataset import MeleeDataset
-from melee_wm.metrics import ChangeAccuracy, PositionMAE
+from melee_wm.eval.metrics import ChangeAccuracy, PositionMAE
 
 
 @torch.no_grad()
@@ -33,7 +31,4 @@ def persistence_baseline(
         mae.update(select_xy(current, layout), select_xy(true_next, layout))
     scores = {f"change_acc/{k}": float(v) for k, v in change.compute().items()}
     scores |= {f"pos_mae/{k}": float(v) for k, v in mae.compute().items()}
-    wrong = {k: v for k, v in scores.items() if k.startswith("change_acc") and not (v == 0.0 or math.isnan(v))}
-    if wrong:
-        raise RuntimeError(f"persistence must score change_acc 0 by construction, got {wrong}")
     return scores

@@ -1,7 +1,9 @@
-"""Evaluation metrics shared by the model, the persistence baseline and rollouts (definitions in DESIGN.md).
+"""Evaluation metrics shared by the model, the baselines and rollouts: `ChangeAccuracy` (change_acc) and
+`PositionMAE` (pos_mae).
 
 Both take decoded predictions (action ids, x/y positions), accumulate sums over the epoch and report micro
-averages: total correct / total counted, never a mean of per-batch means.
+averages: total correct / total counted, never a mean of per-batch means (which would weight a small batch or
+a rarely changing player as much as a large one).
 """
 
 from __future__ import annotations

@@ -1,0 +1,1 @@
+"""Evaluation: metrics of predicted frames, and the baselines a model must beat, scored the same way."""

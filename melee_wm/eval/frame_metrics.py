@@ -1,0 +1,207 @@
+"""`FrameMetrics`: every one-step metric of a predicted `NextFrame` against the true one (DESIGN.md, "Metrics"),
+and `score_baselines`, the persistence and constant-velocity baselines scored the same way.
+
+Every metric accumulates sums and counts and reports micro averages (total correct / total counted), never a
+mean of per-batch means. Float errors are reported in game units (encoded error / the EncodingConfig scale).
+Entries a `ColumnMask` marks invalid (fields the game's replay format lacks) are left out of every sum and count.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from torchmetrics import Metric
+
+from melee_wm.data.batch import Batch, select_xy
+from melee_wm.data.dataset import MeleeDataset
+from melee_wm.encoding.layout import NUM_PLAYERS, Layout
+from melee_wm.eval.action_categories import CATEGORY_NAMES, category_of
+from melee_wm.eval.frame import (
+    NextFrame,
+    constant_velocity,
+    current_frame,
+    positions_with_previous,
+    previous_continuous,
+    select_positions,
+    true_next_frame,
+)
+from melee_wm.eval.metrics import ChangeAccuracy, PositionMAE
+
+BINARY_THRESHOLD = 0.5  # a binary value counts as 1 from here up (so probabilities can be scored too)
+
+
+@dataclass
+class ColumnMask:
+    """Which entries of a batch hold data, per window (broadcast over positions); absent keys are all valid.
+
+    floats: group -> (B, 1, width) bool; categorical: field -> (B, 1, 2) bool.
+    """
+
+    floats: dict[str, Tensor]
+    categorical: dict[str, Tensor]
+
+    @classmethod
+    def of_batch(cls, batch: Batch, layout: Layout) -> ColumnMask | None:
+        """The mask of a `Batch`'s windows (from its `valid_floats` / `valid_ints`), None when it has none."""
+        if batch.valid_floats is None:
+            return None
+        return cls.from_columns(layout, batch.valid_floats, batch.valid_ints)
+
+    @classmethod
+    def from_columns(cls, layout: Layout, float_valid: Tensor, int_valid: Tensor) -> ColumnMask:
+        """From per-window column validity: float_valid (B, num_floats) and int_valid (B, num_ints) bool (e.g. the
+        negation of `melee_wm.encoding.missing.invalid_columns` of each window's game)."""
+        return cls(
+            floats={g: float_valid[:, None, layout.float_slice(g)] for g in layout.target_float_groups},
+            categorical={f: int_valid[:, None, layout.int_slice(f)] for f in layout.categorical_targets},
+        )
+
+
+class MaskedMean(Metric):
+    """Per-slot micro average of the valid entries: sum of values / number of valid entries (NaN when none).
+
+    `update(values (N, S), valid (N, S) bool)`; `compute()` gives (S,) float64, squeezed to a scalar when S == 1
+    (torchmetrics squeezes one-element results)."""
+
+    full_state_update = False
+
+    def __init__(self, num_slots: int, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.add_state("total", default=torch.zeros(num_slots, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", default=torch.zeros(num_slots, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, values: Tensor, valid: Tensor) -> None:
+        self.total += torch.where(valid, values.double(), 0.0).sum(0)
+        self.count += valid.sum(0)
+
+    def compute(self) -> Tensor:
+        return self.total / self.count
+
+
+def _by_player(values: Tensor) -> Tensor:
+    """(..., 2 * n) columns of a float group (player 0's n fields first) -> (N, 2): one row per (frame, field)."""
+    return values.reshape(-1, NUM_PLAYERS, values.shape[-1] // NUM_PLAYERS).transpose(1, 2).reshape(-1, NUM_PLAYERS)
+
+
+class FrameMetrics(torch.nn.Module):
+    """change_acc, action_acc, pos_mae (per player and all), percent_mae, velocity_mae, binary_acc,
+    binary_flip_acc and action_cat_acc/<category> of predicted next frames; scales from `layout.cfg`.
+
+    action_cat_acc/<category> is action accuracy on the (frame, player) entries whose TRUE next action falls in
+    that category of `melee_wm.eval.action_categories`; a category never seen reports NaN, so the keys are the
+    same in every run. binary_flip_acc is binary accuracy on the (frame, bit) entries whose true next bit
+    differs from the current one (change_acc for bits).
+    """
+
+    def __init__(self, layout: Layout) -> None:
+        super().__init__()
+        self.layout = layout
+        cfg = layout.cfg
+        self.percent_scale, self.velocity_scale = cfg.percent_scale, cfg.velocity_scale
+        start = layout.float_slice("continuous").start
+        self.percent_cols = [layout.player_float_index(p, "percent") - start for p in range(NUM_PLAYERS)]
+        self.register_buffer("categories", category_of(layout.int_vocab("action")), persistent=False)
+        self.change = ChangeAccuracy()
+        self.position = PositionMAE(cfg.position_scale)
+        self.action = MaskedMean(NUM_PLAYERS)
+        self.action_category = MaskedMean(len(CATEGORY_NAMES))
+        self.percent = MaskedMean(1)
+        self.velocity = MaskedMean(1)
+        self.binary = MaskedMean(1)
+        self.binary_flip = MaskedMean(1)
+
+    @torch.no_grad()
+    def update(self, pred: NextFrame, true: NextFrame, current: NextFrame, valid: ColumnMask | None = None) -> None:
+        """Add one batch. pred, true, current: NextFrames of one shape (..., width), `current` the frame each
+        prediction starts from; valid: per-window validity broadcastable to (...) (see `ColumnMask`)."""
+
+        def ok(values: Tensor, kind: str, key: str) -> Tensor:
+            mask = None if valid is None else getattr(valid, kind).get(key)
+            return torch.ones_like(values, dtype=torch.bool) if mask is None else torch.broadcast_to(mask, values.shape)
+
+        act_pred, act_true, act_current = (f.categorical["action"] for f in (pred, true, current))
+        act_ok = ok(act_true, "categorical", "action")
+        # A masked entry is made a non-change frame, which ChangeAccuracy leaves out of both its sums.
+        self.change.update(act_pred, torch.where(act_ok, act_true, act_current), act_current)
+        hit = act_pred == act_true
+        self.action.update(hit.reshape(-1, NUM_PLAYERS), act_ok.reshape(-1, NUM_PLAYERS))
+        in_category = torch.nn.functional.one_hot(self.categories[act_true.reshape(-1)], len(CATEGORY_NAMES)).bool()
+        self.action_category.update(hit.reshape(-1, 1).expand_as(in_category), in_category & act_ok.reshape(-1, 1))
+
+        cont_pred, cont_true = pred.floats["continuous"], true.floats["continuous"]
+        cont_ok = ok(cont_true, "floats", "continuous")
+        xy_pred, xy_true, xy_ok = (select_xy(v, self.layout) for v in (cont_pred, cont_true, cont_ok))
+        if valid is not None:  # PositionMAE has no mask: keep the (frame) rows whose four x/y entries are valid
+            keep = xy_ok.all(-1).all(-1)
+            xy_pred, xy_true = xy_pred[keep], xy_true[keep]
+        self.position.update(xy_pred, xy_true)
+        cols = self.percent_cols
+        err = (cont_pred[..., cols] - cont_true[..., cols]).abs() / self.percent_scale
+        self.percent.update(err.reshape(-1, 1), cont_ok[..., cols].reshape(-1, 1))
+        vel_true = true.floats["velocity"]
+        err = (pred.floats["velocity"] - vel_true).abs() / self.velocity_scale
+        self.velocity.update(err.reshape(-1, 1), ok(vel_true, "floats", "velocity").reshape(-1, 1))
+
+        bits_pred, bits_true, bits_current = (f.floats["binary"] >= BINARY_THRESHOLD for f in (pred, true, current))
+        bits_ok = ok(bits_true, "floats", "binary").reshape(-1, 1)
+        bits_hit = (bits_pred == bits_true).reshape(-1, 1)
+        self.binary.update(bits_hit, bits_ok)
+        self.binary_flip.update(bits_hit, bits_ok & (bits_true != bits_current).reshape(-1, 1))
+
+    def compute(self) -> dict[str, float]:
+        """Flat {name: value}: change_acc/{p0,p1,all}, action_acc/{p0,p1,all}, pos_mae/{p0,p1,all}, percent_mae,
+        velocity_mae, binary_acc, binary_flip_acc, action_cat_acc/<category>. NaN where nothing was counted."""
+        out = {f"change_acc/{k}": float(v) for k, v in self.change.compute().items()}
+        action = self.action.compute()
+        out |= {f"action_acc/p{p}": float(action[p]) for p in range(NUM_PLAYERS)}
+        out["action_acc/all"] = float(self.action.total.sum() / self.action.count.sum())
+        out |= {f"pos_mae/{k}": float(v) for k, v in self.position.compute().items()}
+        out["percent_mae"] = float(self.percent.compute())
+        out["velocity_mae"] = float(self.velocity.compute())
+        out["binary_acc"] = float(self.binary.compute())
+        out["binary_flip_acc"] = float(self.binary_flip.compute())
+        per_category = self.action_category.compute()
+        out |= {f"action_cat_acc/{name}": float(per_category[i]) for i, name in enumerate(CATEGORY_NAMES)}
+        return out
+
+    def reset(self) -> None:
+        """Clear every accumulated sum and count."""
+        for metric in self.modules():
+            if isinstance(metric, Metric):
+                metric.reset()
+
+
+@torch.no_grad()
+def score_baselines(
+    dataset: MeleeDataset,
+    positions: slice | None = None,
+    batch_size: int = 4096,
+    max_windows: int | None = None,
+) -> dict[str, dict[str, float]]:
+    """{"persistence": metrics, "constant_velocity": metrics} (`FrameMetrics.compute` keys) over the first
+    `max_windows` windows of `dataset` (all when None), in order.
+
+    positions: target positions scored (None: `positions_with_previous`, the positions the model is scored on);
+    each must have a previous frame in the context. Columns a game's replay format lacks are masked out, as
+    for the model.
+    """
+    layout = dataset.layout
+    scores = {name: FrameMetrics(layout).to(dataset.device) for name in ("persistence", "constant_velocity")}
+    n = len(dataset) if max_windows is None else min(max_windows, len(dataset))
+    for start in range(0, n, batch_size):
+        indices = torch.arange(start, min(start + batch_size, n))
+        batch = dataset.get_batch(indices)
+        picked = positions_with_previous(batch) if positions is None else positions
+        targets = select_positions(batch.targets, picked)
+        true, current = true_next_frame(targets, layout), current_frame(targets)
+        valid = (
+            None
+            if batch.valid_floats is None
+            else ColumnMask.from_columns(layout, batch.valid_floats, batch.valid_ints)
+        )
+        scores["persistence"].update(current, true, current, valid)
+        cv = constant_velocity(targets, previous_continuous(batch, layout, picked), layout)
+        scores["constant_velocity"].update(cv, true, current, valid)
+    return {name: metrics.compute() for name, metrics in scores.items()}

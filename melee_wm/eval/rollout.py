@@ -1,0 +1,106 @@
+"""Autoregressive rollout of any `WorldModelInterface` model, carrying its recurrent state.
+
+The true context is run once (`forward(..., need_state=True)`), then each frame costs one `step`: the model's
+prediction is turned into the next encoded frame (`reconstruct_frame`, with the true controller of that frame) and
+fed back. The cost per frame is constant however long the rollout; nothing re-runs the window.
+
+`rollout_by_rerun` is the slow reference: before every frame it re-runs `forward` over the frames so far (all of
+them, or the last `window`), as a model without a carried state would have to. With `window=None` it must equal
+`rollout` (the tests check it); `scripts/benchmarks/rollout.py` times the two.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+from melee_wm.eval.reconstruct import position, reconstruct_frame
+from melee_wm.model.interface import WorldModelInterface
+
+if TYPE_CHECKING:
+    from melee_wm.training.targets import TargetCodec
+
+
+def _check(floats: Tensor, ints: Tensor, context: int) -> int:
+    if floats.shape[:2] != ints.shape[:2]:
+        raise ValueError(f"rollout: floats {tuple(floats.shape)} and ints {tuple(ints.shape)} differ in (B, T)")
+    horizon = floats.shape[1] - context
+    if context < 2 or horizon < 1:
+        raise ValueError(
+            f"rollout: need >= 2 context frames and >= 1 frame to predict, got {floats.shape[1]} frames "
+            f"with context {context}"
+        )
+    return horizon
+
+
+@torch.no_grad()
+def rollout(
+    net: WorldModelInterface, codec: TargetCodec, floats: Tensor, ints: Tensor, context: int
+) -> tuple[Tensor, Tensor]:
+    """Predict frames context..T-1 of true windows from their first `context` frames and the true controller.
+
+    floats: (B, T, num_floats), ints: (B, T, num_ints) true frames on the model's device; only frames < context
+    and the controller columns of later frames are read. Returns predicted floats (B, H, num_floats) and ints
+    (B, H, num_ints), H = T - context. The caller sets eval mode.
+    """
+    horizon = _check(floats, ints, context)
+    ctrl = floats[..., codec.layout.float_slice("controller")]
+    pred, state = net(floats[:, :context], ints[:, :context], ctrl[:, 1 : context + 1], need_state=True)
+    step_pred = position(pred, -1)
+    prev, cur_f, cur_i = floats[:, context - 2], floats[:, context - 1], ints[:, context - 1]
+    out_f, out_i = [], []
+    for h in range(horizon):
+        next_f, next_i = reconstruct_frame(step_pred, codec, cur_f, cur_i, prev, ctrl[:, context + h])
+        out_f.append(next_f)
+        out_i.append(next_i)
+        if h + 1 < horizon:
+            step_pred, state = net.step(next_f, next_i, ctrl[:, context + h + 1], state)
+        prev, cur_f, cur_i = cur_f, next_f, next_i
+    return torch.stack(out_f, 1), torch.stack(out_i, 1)
+
+
+@torch.no_grad()
+def rollout_by_rerun(
+    net: WorldModelInterface,
+    codec: TargetCodec,
+    floats: Tensor,
+    ints: Tensor,
+    context: int,
+    window: int | None = None,
+) -> tuple[Tensor, Tensor]:
+    """`rollout` by re-running `forward` over the frames so far before every predicted frame (from the zero
+    state): all of them (`window=None`; equals `rollout`) or the last `window` (a fixed-window model's cost)."""
+    horizon = _check(floats, ints, context)
+    ctrl = floats[..., codec.layout.float_slice("controller")]
+    seq_f, seq_i = floats[:, :context], ints[:, :context]
+    for h in range(horizon):
+        end = context + h  # frames 0..end-1 are known; predict frame `end`
+        lo = 0 if window is None else max(0, end - window)
+        pred, _ = net(seq_f[:, lo:], seq_i[:, lo:], ctrl[:, lo + 1 : end + 1], need_state=False)
+        next_f, next_i = reconstruct_frame(
+            position(pred, -1), codec, seq_f[:, -1], seq_i[:, -1], seq_f[:, -2], ctrl[:, end]
+        )
+        seq_f = torch.cat([seq_f, next_f[:, None]], 1)
+        seq_i = torch.cat([seq_i, next_i[:, None]], 1)
+    return seq_f[:, context:], seq_i[:, context:]
+
+
+def persistence_rollout(floats: Tensor, ints: Tensor, context: int) -> tuple[Tensor, Tensor]:
+    """Persistence baseline over the horizon: every predicted frame equals the last context frame."""
+    horizon = _check(floats, ints, context)
+    last_f, last_i = floats[:, context - 1 : context], ints[:, context - 1 : context]
+    return last_f.expand(-1, horizon, -1).clone(), last_i.expand(-1, horizon, -1).clone()
+
+
+def constant_velocity_rollout(floats: Tensor, ints: Tensor, context: int, xy_columns: Tensor) -> tuple[Tensor, Tensor]:
+    """Constant-velocity baseline over the horizon: each x and y continues its last observed per-frame change,
+    pos[c - 1 + h] = pos[c - 1] + h * (pos[c - 1] - pos[c - 2]); every other field persists.
+    xy_columns: (4,) float column indices of p0.x, p0.y, p1.x, p1.y."""
+    out_f, out_i = persistence_rollout(floats, ints, context)
+    horizon = out_f.shape[1]
+    last, before = floats[:, context - 1, xy_columns], floats[:, context - 2, xy_columns]
+    steps = torch.arange(1, horizon + 1, device=floats.device, dtype=floats.dtype)[None, :, None]
+    out_f[..., xy_columns] = last[:, None] + steps * (last - before)[:, None]
+    return out_f, out_i

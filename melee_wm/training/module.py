@@ -1,0 +1,178 @@
+"""`WorldModelModule`: the LightningModule that trains any model satisfying the model interface.
+
+It owns the network, the target codec (standardization statistics travel in the checkpoint), the loss and
+the metrics. Metrics and both baselines (persistence, constant velocity) are scored on the same positions:
+the target positions whose previous frame is in the context. Hyperparameters are plain containers, so a
+checkpoint loads with `torch.load(weights_only=True)`.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor
+
+from melee_wm.data.batch import Batch
+from melee_wm.encoding.layout import Layout
+from melee_wm.eval.frame import (
+    current_frame,
+    positions_with_previous,
+    previous_continuous,
+    select_positions,
+    true_next_frame,
+)
+from melee_wm.eval.frame_metrics import ColumnMask, FrameMetrics
+from melee_wm.model.build import build_model
+from melee_wm.model.heads import Prediction
+from melee_wm.training.config import TrainConfig
+from melee_wm.training.drift import DriftTraining
+from melee_wm.training.loss import LossOutput, WorldModelLoss
+from melee_wm.training.optim import build_optimizer
+from melee_wm.training.schema import train_config_from_dict
+from melee_wm.training.targets import POSITION_GROUP, RESIDUAL, TargetCodec, TargetStats
+
+BASELINES = ("persistence", "constant_velocity")
+
+
+def cut_positions(pred: Prediction, start: int, stop: int) -> Prediction:
+    """Predictions (B, K, ...) restricted to context positions start..stop-1."""
+    return Prediction(
+        floats={g: v[:, start:stop] for g, v in pred.floats.items()},
+        categorical={f: v[:, start:stop] for f, v in pred.categorical.items()},
+        unimix=pred.unimix,
+    )
+
+
+def zero_output_layer(net: torch.nn.Module) -> None:
+    """Zero the heads' output layer: an untrained model predicts standardized 0 for every regression target."""
+    torch.nn.init.zeros_(net.heads.out.weight)
+    torch.nn.init.zeros_(net.heads.out.bias)
+
+
+class WorldModelModule(L.LightningModule):
+    """Trains a world model on `Batch`es. config: a `TrainConfig` as plain containers; target_stats: the
+    training split's `TargetStats.to_dict()`; baseline_scores: {"persistence": metrics, "constant_velocity": ...}
+    on the validation windows (`score_baselines`), logged beside the model's at every validation."""
+
+    def __init__(
+        self,
+        config: dict[str, Any],
+        target_stats: dict[str, Any],
+        baseline_scores: dict[str, dict[str, float]] | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.cfg: TrainConfig = train_config_from_dict(config)
+        cfg = self.cfg
+        self.layout = Layout(cfg.encoding)
+        self.net = build_model(cfg.model, self.layout, cfg.data.context_len)
+        if cfg.objective.zero_init_output:
+            zero_output_layer(self.net)
+        self.codec = TargetCodec(
+            self.layout, TargetStats.from_dict(target_stats), cfg.objective.position_parameterization
+        )
+        self.loss_fn = WorldModelLoss(self.layout, cfg.objective)
+        self.train_metrics = FrameMetrics(self.layout)
+        self.val_metrics = FrameMetrics(self.layout)
+        self.baseline_scores = baseline_scores or {}
+        self.last_loss_terms: dict[str, Tensor] = {}  # the latest training step's terms, for the non-finite stop
+        self.drift = DriftTraining(cfg.drift, self.layout)  # context noise and self-forcing (off by default)
+
+    # The step ------------------------------------------------------------------------------------------------
+
+    def _prev_delta(self, batch: Batch, positions: slice, current: Tensor) -> Tensor | None:
+        """Frame t minus frame t - 1 of the continuous group at `positions` (the residual parameterization's
+        input), or None under the delta parameterization."""
+        if self.codec.parameterization != RESIDUAL:
+            return None
+        return current - previous_continuous(batch, self.layout, positions)
+
+    def forward_loss(self, batch: Batch, metrics: FrameMetrics | None = None) -> LossOutput:
+        """Loss of one batch; with `metrics`, also score the decoded predictions (no gradient)."""
+        pred, _ = self.net(batch.floats, batch.ints, batch.next_ctrl, need_state=False)
+        k, p = batch.floats.shape[1], batch.num_positions
+        valid = ColumnMask.of_batch(batch, self.layout)
+        pos = self.codec.positions(batch)
+        targets = select_positions(batch.targets, pos)
+        prev = self._prev_delta(batch, pos, targets.current_floats[POSITION_GROUP])
+        cut = cut_positions(pred, k - p + pos.start, k - p + pos.stop)
+        out = self.loss_fn(cut, self.codec.encode(targets, prev), targets, valid)
+        if metrics is not None:
+            with torch.no_grad():
+                scored = positions_with_previous(batch)
+                t = select_positions(batch.targets, scored)
+                cut = cut_positions(pred, k - p + scored.start, k - p + scored.stop)
+                decoded = self.codec.decode(cut, t, self._prev_delta(batch, scored, t.current_floats[POSITION_GROUP]))
+                metrics.update(decoded, true_next_frame(t, self.layout), current_frame(t), valid)
+        return out
+
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        batch = self.drift.prepare(batch)  # context noise (melee_wm/training/drift.py); the batch itself when off
+        out = self.forward_loss(batch, self.train_metrics)
+        size = batch.floats.shape[0]
+        self.log("train/loss", out.total, prog_bar=True, batch_size=size)  # teacher-forced
+        self.last_loss_terms = {k: v.detach() for k, v in out.terms.items()}
+        self.log_dict({f"train/loss_{k}": v for k, v in self.last_loss_terms.items()}, batch_size=size)
+        forced = self.drift.self_forced(self.net, self.codec, self.loss_fn, batch, self.current_epoch, batch_idx)
+        if forced is None:
+            return out.total
+        sf, steps = forced
+        self.log_dict({"train/loss_self_forced": sf.total, "train/self_forcing_steps": float(steps)}, batch_size=size)
+        self.last_loss_terms |= {f"self_forced_{k}": v.detach() for k, v in sf.terms.items()}
+        return out.total + self.cfg.drift.self_forcing.weight * sf.total
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        out = self.forward_loss(batch, self.val_metrics)
+        size = batch.floats.shape[0]
+        self.log("val/loss", out.total, prog_bar=True, batch_size=size, sync_dist=True)
+        self.log_dict({f"val/loss_{k}": v for k, v in out.terms.items()}, batch_size=size, sync_dist=True)
+
+    # Epoch ends: metrics and baselines -------------------------------------------------------------------------
+
+    def on_train_epoch_end(self) -> None:
+        self._log_metrics("train", self.train_metrics)
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:
+            self.val_metrics.reset()
+            return
+        self._log_metrics("val", self.val_metrics)
+        for name, scores in self.baseline_scores.items():
+            self.log_dict({f"baseline/{name}/{k}": v for k, v in scores.items()}, rank_zero_only=True)
+
+    def _log_metrics(self, stage: str, metrics: FrameMetrics) -> None:
+        values = metrics.compute()
+        metrics.reset()
+        self.log_dict({f"{stage}/{k}": v for k, v in values.items() if v == v}, sync_dist=False)
+
+    # Optimizer, compile, checkpoint extras ---------------------------------------------------------------------
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        total = int(self.trainer.estimated_stepping_batches)
+        optimizer, scheduler = build_optimizer(self.net, self.cfg.optim, total)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def configure_model(self) -> None:
+        """Compile the inner network in place (state-dict keys unchanged) when the config asks for it."""
+        if self.cfg.trainer.compile and not getattr(self, "_compiled", False):
+            self.net.compile()
+            self._compiled = True
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keep the RNG states, so a resumed run draws what the uninterrupted run would have drawn."""
+        checkpoint["rng_states"] = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1])}
+        if torch.cuda.is_available():
+            checkpoint["rng_states"]["cuda"] = torch.cuda.get_rng_state_all()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        states = checkpoint.get("rng_states")
+        if states is None:
+            return
+        torch.set_rng_state(states["torch"])
+        version, _, gauss = random.getstate()
+        random.setstate((version, tuple(states["python"]), gauss))
+        if "cuda" in states and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(states["cuda"])

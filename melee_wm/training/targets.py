@@ -1,0 +1,185 @@
+"""Regression targets the model can learn: standardized, with an optional position parameterization.
+
+Raw regression targets span orders of magnitude (a position delta of 0.01 beside a state age of 3), so the
+heads predict standardized values. DELTA groups are divided by their root mean square (no centring: an output
+of 0 means "no change"); ABSOLUTE groups are centred on their mean and divided by their standard deviation.
+Statistics come from the training split once, pooled over both players (so a player swap changes nothing),
+and travel in the checkpoint.
+
+With `residual_over_constant_velocity` the x and y targets are the change of the per-frame position change
+(next delta - previous delta), as learned physics simulators predict acceleration: an output of 0 continues
+at constant velocity. It needs the frame before the current one, so positions without one have no target.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from melee_wm.data.batch import Batch, Targets, xy_index
+from melee_wm.data.dataset import MeleeDataset
+from melee_wm.encoding.layout import Layout, Target
+from melee_wm.eval.frame import NextFrame, positions_with_previous
+from melee_wm.model.heads import Prediction
+
+RESIDUAL = "residual_over_constant_velocity"
+POSITION_GROUP = "continuous"
+MIN_SCALE = 1e-6  # a column that never changes keeps scale 1 instead of dividing by ~0
+
+
+def regression_groups(layout: Layout) -> list[str]:
+    """Target float groups predicted by regression (DELTA and ABSOLUTE), in layout order."""
+    return [g for g in layout.target_float_groups if layout.float_target(g) in (Target.DELTA, Target.ABSOLUTE)]
+
+
+def xy_columns(layout: Layout) -> Tensor:
+    """(4,) positions of p0.x, p0.y, p1.x, p1.y inside the continuous group."""
+    return xy_index(layout, POSITION_GROUP).flatten()
+
+
+@dataclass
+class TargetStats:
+    """Per-column centre and scale of each regression group's targets: group -> (width,) lists of floats."""
+
+    center: dict[str, list[float]]
+    scale: dict[str, list[float]]
+
+    def to_dict(self) -> dict[str, dict[str, list[float]]]:
+        """Plain containers (for checkpoint hyperparameters)."""
+        return {"center": self.center, "scale": self.scale}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TargetStats:
+        return cls(center=dict(data["center"]), scale=dict(data["scale"]))
+
+
+def _pool_players(values: np.ndarray, layout: Layout, group: str) -> np.ndarray:
+    """Sum the two players' entries of each field: (width,) -> (width,) with p0 and p1 of a field equal."""
+    fields = layout.float_fields(group)
+    per_player = values.reshape(-1, len(fields))  # (2, fields): the group is player-major
+    return np.tile(per_player.sum(0), per_player.shape[0])
+
+
+def target_statistics(dataset: MeleeDataset, parameterization: str) -> TargetStats:
+    """Centre and scale of every regression column over all frames of `dataset`'s games.
+
+    Frames of a game whose replay format lacks a column's field are left out of that column's statistics.
+    """
+    layout = dataset.layout
+    groups = regression_groups(layout)
+    xy = xy_columns(layout).numpy()
+    sums = {g: np.zeros(_width(layout, g)) for g in groups}
+    squares = {g: np.zeros(_width(layout, g)) for g in groups}
+    counts = {g: np.zeros(_width(layout, g)) for g in groups}
+    valid_floats = dataset.game_valid_floats.cpu().numpy()
+    for game in range(dataset.num_games):
+        floats = dataset.shards[int(dataset.game_shard[game])][0]
+        start, length = int(dataset.game_start[game]), int(dataset.game_length[game])
+        rows = floats[start : start + length].cpu().numpy().astype(np.float64)
+        if length < 3:
+            continue
+        for g in groups:
+            cols = layout.float_slice(g)
+            values = rows[:, cols]
+            if layout.float_target(g) == Target.DELTA:
+                values = np.diff(values, axis=0)
+                if g == POSITION_GROUP and parameterization == RESIDUAL:
+                    values = values[1:].copy()
+                    values[:, xy] = np.diff(np.diff(rows[:, cols][:, xy], axis=0), axis=0)
+            else:
+                values = values[1:]
+            valid = valid_floats[game, cols].astype(np.float64)
+            sums[g] += values.sum(0) * valid
+            squares[g] += np.square(values).sum(0) * valid
+            counts[g] += len(values) * valid
+    center, scale = {}, {}
+    for g in groups:
+        n = np.maximum(_pool_players(counts[g], layout, g), 1)
+        mean = _pool_players(sums[g], layout, g) / n
+        second = _pool_players(squares[g], layout, g) / n
+        if layout.float_target(g) == Target.DELTA:
+            c, s = np.zeros_like(mean), np.sqrt(second)
+        else:
+            c, s = mean, np.sqrt(np.maximum(second - mean**2, 0))
+        center[g] = c.tolist()
+        scale[g] = np.where(s < MIN_SCALE, 1.0, s).tolist()
+    return TargetStats(center, scale)
+
+
+def _width(layout: Layout, group: str) -> int:
+    cols = layout.float_slice(group)
+    return cols.stop - cols.start
+
+
+def loss_positions(batch: Batch, parameterization: str) -> slice:
+    """Target positions (of the P) that get a loss: all of them, or under the residual parameterization only
+    those whose frame t - 1 is in the context."""
+    return positions_with_previous(batch) if parameterization == RESIDUAL else slice(0, batch.num_positions)
+
+
+class TargetCodec(nn.Module):
+    """Raw targets -> standardized training targets, and standardized predictions -> next-frame values.
+
+    Buffers `center_<group>` / `scale_<group>` (width,) hold the training split's statistics, so a checkpoint
+    carries them.
+    """
+
+    def __init__(self, layout: Layout, stats: TargetStats, parameterization: str) -> None:
+        super().__init__()
+        self.layout = layout
+        self.groups = regression_groups(layout)
+        self.parameterization = parameterization
+        for g in self.groups:
+            self.register_buffer(f"center_{g}", torch.tensor(stats.center[g], dtype=torch.float32))
+            self.register_buffer(f"scale_{g}", torch.tensor(stats.scale[g], dtype=torch.float32))
+        self.register_buffer("xy", xy_columns(layout), persistent=False)
+
+    def _stats(self, group: str) -> tuple[Tensor, Tensor]:
+        return getattr(self, f"center_{group}"), getattr(self, f"scale_{group}")
+
+    def destandardize(self, group: str, values: Tensor) -> Tensor:
+        """Standardized outputs of a regression group (..., width) -> the parameterized target in encoded units."""
+        center, scale = self._stats(group)
+        return values * scale + center
+
+    def positions(self, batch: Batch) -> slice:
+        """Target positions with a loss (see `loss_positions`)."""
+        return loss_positions(batch, self.parameterization)
+
+    def _residual(self) -> bool:
+        return self.parameterization == RESIDUAL
+
+    def encode(self, targets: Targets, prev_delta: Tensor | None) -> dict[str, Tensor]:
+        """Standardized regression targets, group -> (B, P', width), of targets already cut to the loss
+        positions; prev_delta: (B, P', continuous width) frame t minus frame t - 1 (residual parameterization)."""
+        out = {}
+        for g in self.groups:
+            raw = targets.floats[g]
+            if g == POSITION_GROUP and self._residual():
+                raw = raw.clone()
+                raw[..., self.xy] -= prev_delta[..., self.xy]
+            center, scale = self._stats(g)
+            out[g] = (raw - center) / scale
+        return out
+
+    def decode(self, pred: Prediction, current: Targets, prev_delta: Tensor | None) -> NextFrame:
+        """Next-frame values from predictions cut to the same positions as `current` (its current_* fields):
+        regression groups de-standardized and turned into values, binary logits thresholded at 0,
+        categoricals by argmax."""
+        floats = {}
+        for g in self.layout.target_float_groups:
+            out = pred.floats[g].float()
+            if g in self.groups:
+                raw = self.destandardize(g, out)
+                if g == POSITION_GROUP and self._residual():
+                    raw = raw.clone()
+                    raw[..., self.xy] += prev_delta[..., self.xy]
+                is_delta = self.layout.float_target(g) == Target.DELTA
+                floats[g] = current.current_floats[g] + raw if is_delta else raw
+            else:  # binary logits
+                floats[g] = (out > 0).to(out.dtype)
+        categorical = {f: logits.argmax(-1) for f, logits in pred.categorical.items()}
+        return NextFrame(floats=floats, categorical=categorical)
