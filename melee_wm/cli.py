@@ -1,5 +1,5 @@
-"""`melee-wm`: fetch the sample replays, encode replays into a store, inspect a store, evaluate a checkpoint's
-rollouts, run the demo."""
+"""`melee-wm`: fetch the sample replays, encode replays into a store, merge and inspect stores, score the
+baselines, evaluate a checkpoint's rollouts. Training is `python train.py` (Hydra)."""
 
 from __future__ import annotations
 
@@ -18,11 +18,9 @@ from melee_wm.data.merge import merge_stores
 from melee_wm.data.pipeline import StoreFilters
 from melee_wm.data.store import Store, StoreConfigError, StoreError, open_store, print_summary
 from melee_wm.data.store_writer import build_store
-from melee_wm.encoding.config import EncodingConfig, load_encoding_config
-from melee_wm.eval.baselines import persistence_baseline
+from melee_wm.encoding.config import load_encoding_config
+from melee_wm.eval.baselines import BASELINES, score_baselines
 from melee_wm.samples import SampleReplaysError, fetch_samples, sample_dir
-
-DEMO_STORE = Path("runs/demo/store")
 
 
 class CLIError(Exception):
@@ -70,19 +68,20 @@ def _cmd_info(args: argparse.Namespace, console: Console) -> None:
 
 
 def print_baseline(store: Store, data_cfg: DataConfig, split: str, console: Console) -> None:
-    """Score the persistence baseline ("nothing changes") on a split of the store and print it as a table."""
+    """Score both baselines (persistence, constant velocity) on a split of the store and print them as a table."""
     dataset = MeleeDataset.from_store(store, split, data_cfg)
     if len(dataset) == 0:
         raise CLIError(
             f"store {store.path}: split {split!r} has no window of {data_cfg.window_len} frames "
             f"({dataset.num_games} games, val_fraction={data_cfg.val_fraction})"
         )
-    scores = persistence_baseline(dataset)
-    table = Table(title=f"persistence baseline, split {split!r}: {dataset.num_games} games, {len(dataset):,} windows")
-    for name in ("metric", "p0", "p1", "all"):
-        table.add_column(name, justify="left" if name == "metric" else "right")
-    for metric in ("change_acc", "pos_mae"):
-        table.add_row(metric, *(f"{scores[f'{metric}/{k}']:.4f}" for k in ("p0", "p1", "all")))
+    scores = score_baselines(dataset)
+    table = Table(title=f"baselines, split {split!r}: {dataset.num_games} games, {len(dataset):,} windows")
+    for name in ("baseline", "metric", "p0", "p1", "all"):
+        table.add_column(name, justify="left" if name in ("baseline", "metric") else "right")
+    for baseline in BASELINES:
+        for metric in ("pos_mae", "change_acc", "action_acc"):
+            table.add_row(baseline, metric, *(f"{scores[baseline][f'{metric}/{k}']:.4f}" for k in ("p0", "p1", "all")))
     console.print(table)
 
 
@@ -94,14 +93,6 @@ def _cmd_baseline(args: argparse.Namespace, console: Console) -> None:
         val_fraction=args.val_fraction,
     )
     print_baseline(open_store(args.store), data_cfg, args.split, console)
-
-
-def _cmd_demo(args: argparse.Namespace, console: Console) -> None:
-    replays = sample_dir(fetch=True)
-    console.print(f"sample replays: {replays}", soft_wrap=True)
-    store = build_store([replays], args.out, EncodingConfig(), workers=args.workers, progress=True)
-    console.print(f"store written to {args.out}", soft_wrap=True)
-    print_baseline(store, DataConfig(store=str(args.out)), "all", console)
 
 
 def _cmd_eval(args: argparse.Namespace, console: Console) -> None:
@@ -163,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("store")
     info.set_defaults(func=_cmd_info)
 
-    baseline = sub.add_parser("baseline", help="score the persistence baseline (nothing changes) on a split")
+    baseline = sub.add_parser("baseline", help="score the persistence and constant-velocity baselines on a split")
     baseline.add_argument("store")
     baseline.add_argument("--split", choices=("train", "val", "all"), default="val")
     baseline.add_argument("--context-len", type=int, default=DataConfig.context_len, help="K frames of context")
@@ -184,10 +175,6 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
     evaluate.set_defaults(func=_cmd_eval)
 
-    demo = sub.add_parser("demo", help="sample replays -> store -> summary -> persistence baseline")
-    demo.add_argument("--out", default=str(DEMO_STORE), help=f"store folder (default {DEMO_STORE})")
-    demo.add_argument("--workers", type=int, default=1)
-    demo.set_defaults(func=_cmd_demo)
     return parser
 
 

@@ -11,7 +11,7 @@ from melee_wm.cli import main
 from melee_wm.data.config import DataConfig
 from melee_wm.data.dataset import MeleeDataset
 from melee_wm.data.store import open_store
-from melee_wm.eval.baselines import persistence_baseline
+from melee_wm.eval.baselines import score_baselines
 from melee_wm.samples import SAMPLES_ENV
 
 
@@ -59,24 +59,20 @@ def test_info(sample_store, capsys):
     assert "missing" in capsys.readouterr().err
 
 
-def test_demo_and_samples(replay_dir, tmp_path, monkeypatch, capsys):
+def test_samples_prints_the_folder(replay_dir, monkeypatch, capsys):
     monkeypatch.setenv(SAMPLES_ENV, str(replay_dir))
     assert main(["samples"]) == 0
     assert str(Path(replay_dir).resolve()) in capsys.readouterr().out
-    out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out)]) == 0
-    printed = capsys.readouterr().out
-    assert "39,188" in printed and "persistence baseline" in printed
-    assert "0.5566" in printed  # the README's figure: persistence pos_mae over all windows of the samples
-    assert open_store(out).num_games == 6
 
 
 def test_baseline_prints_the_library_scores(sample_store, capsys):
     cfg = DataConfig(store=str(sample_store.path), val_fraction=0.5)
-    scores = persistence_baseline(MeleeDataset.from_store(sample_store, "val", cfg))
+    scores = score_baselines(MeleeDataset.from_store(sample_store, "val", cfg))
     assert main(["baseline", str(sample_store.path), "--split", "val", "--val-fraction", "0.5"]) == 0
-    row = next(line for line in capsys.readouterr().out.splitlines() if "pos_mae" in line)
-    assert f"{scores['pos_mae/all']:.4f}" in row and scores["pos_mae/all"] > 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if "pos_mae" in line]
+    for name, row in zip(("persistence", "constant_velocity"), rows, strict=True):
+        assert name in row and f"{scores[name]['pos_mae/all']:.4f}" in row
+    assert scores["constant_velocity"]["pos_mae/all"] < scores["persistence"]["pos_mae/all"]
     # With the default 10% validation share none of the six sample games is in val: a clear error, not a 0.
     assert main(["baseline", str(sample_store.path), "--split", "val"]) == 1
     assert "no window" in capsys.readouterr().err

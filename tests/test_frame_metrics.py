@@ -15,6 +15,7 @@ from melee_wm.encoding.config import EncodingConfig
 from melee_wm.encoding.layout import Layout
 from melee_wm.encoding.missing import invalid_columns
 from melee_wm.eval.action_categories import CATEGORY_NAMES, category_of
+from melee_wm.eval.baselines import score_baselines
 from melee_wm.eval.frame import (
     NextFrame,
     constant_velocity,
@@ -25,7 +26,7 @@ from melee_wm.eval.frame import (
     select_positions,
     true_next_frame,
 )
-from melee_wm.eval.frame_metrics import ColumnMask, FrameMetrics, score_baselines
+from melee_wm.eval.frame_metrics import ColumnMask, FrameMetrics
 
 LAYOUT = Layout(EncodingConfig())
 

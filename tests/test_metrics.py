@@ -9,7 +9,7 @@ import torch
 from melee_wm.data.config import DataConfig
 from melee_wm.data.dataset import MeleeDataset
 from melee_wm.encoding.layout import Layout
-from melee_wm.eval.baselines import persistence_baseline
+from melee_wm.eval.baselines import score_baselines
 from melee_wm.eval.metrics import ChangeAccuracy, PositionMAE
 
 
@@ -56,7 +56,7 @@ def test_position_mae_in_game_units_micro_averaged():
 def test_persistence_baseline_on_the_real_store(sample_store):
     k = 30
     ds = MeleeDataset.from_store(sample_store.path, "all", DataConfig(context_len=k, multi_position=False))
-    scores = persistence_baseline(ds, batch_size=8192)
+    scores = score_baselines(ds, batch_size=8192)["persistence"]
     # By construction: on a change frame the current action (persistence's prediction) is the wrong one.
     assert scores["change_acc/all"] == 0.0 and scores["change_acc/p0"] == 0.0 and scores["change_acc/p1"] == 0.0
     # Independent check: with P = 1, window s scores the step from frame s+K-1 to s+K, i.e. every step of a
@@ -75,5 +75,5 @@ def test_persistence_baseline_on_the_real_store(sample_store):
     assert scores["pos_mae/all"] == pytest.approx(both, rel=1e-5)
     assert 0.1 < scores["pos_mae/all"] < 10  # game units per frame: players do move, but not far
     multi_ds = MeleeDataset.from_store(sample_store.path, "all", DataConfig(context_len=k))
-    multi = persistence_baseline(multi_ds, max_windows=4096)
+    multi = score_baselines(multi_ds, max_windows=4096)["persistence"]
     assert multi["change_acc/all"] == 0.0 and multi["pos_mae/all"] > 0

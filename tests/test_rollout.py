@@ -15,9 +15,10 @@ from melee_wm.data.batch import build_batch
 from melee_wm.data.config import DataConfig
 from melee_wm.data.dataset import MeleeDataset
 from melee_wm.encoding.layout import NUM_PLAYERS, STAGE_FIELD, Layout
+from melee_wm.eval.constraints import physical_violations
 from melee_wm.eval.reconstruct import advance_state_age, position, reconstruct_frame
 from melee_wm.eval.rollout import constant_velocity_rollout, persistence_rollout, rollout, rollout_by_rerun
-from melee_wm.eval.rollout_eval import physical_violations, rollout_windows, score_frames
+from melee_wm.eval.rollout_eval import rollout_windows, score_frames
 from melee_wm.eval.stages import STAGES, is_dead_action, outside_blast_zone, stage_table
 from melee_wm.model.build import build_model
 from melee_wm.model.config import ModelConfig, load_model_config
@@ -297,6 +298,10 @@ def test_callback_metric_picks_best_and_equals_the_cli(rollout_run, sample_store
         assert entry["constant_velocity"] == pytest.approx(metrics[f"rollout/constant_velocity/{key}"], rel=1e-5)
         assert entry["ratio_model_over_persistence"] == pytest.approx(entry["model"] / entry["persistence"])
     assert set(report["violations"]["outside_blast_zone"]) == {"model", "persistence", "constant_velocity", "true"}
+    every = tmp_path / "every"
+    assert main([*argv, "--horizon", "5", "--samples", "8", "--all-games", "--out", str(every)]) == 0
+    report = json.loads((every / "eval_rollout.json").read_text())
+    assert report["split"] == "all" and report["games"] == 6 and "pos_mae_h1_10" not in report["summaries"]
 
 
 def test_cli_eval_errors(rollout_run, sample_store, tmp_path, capsys):

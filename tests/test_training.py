@@ -183,6 +183,11 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
     return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
 
 
+def test_bf16_mixed_precision_trains_on_cpu(sample_store, tmp_path):
+    metrics, _ = quick_run(sample_store, tmp_path, "trainer.precision=bf16-mixed")
+    assert math.isfinite(metrics["train/loss"]) and math.isfinite(metrics["val/pos_mae/all"])
+
+
 def test_resume_is_exact_and_checkpoints_load_weights_only(sample_store, tmp_path):
     common = ["trainer.limit_train_batches=6", "data.swap_players_p=0.5", "model.dropout=0.1"]
     straight, straight_dir = quick_run(sample_store, tmp_path, "run_name=straight", "trainer.max_epochs=2", *common)
@@ -205,28 +210,77 @@ def test_resume_is_exact_and_checkpoints_load_weights_only(sample_store, tmp_pat
     torch.testing.assert_close(module.codec.scale_continuous, a["state_dict"]["codec.scale_continuous"])
 
 
-def test_multirun_jobs_get_their_own_directories(sample_store, tmp_path):
-    """`train.py -m` over two learning rates: two run folders, two sets of checkpoints, one sweep."""
-    args = [
-        sys.executable,
-        str(REPO / "train.py"),
+def run_train_py(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    """`python train.py ARGS` in `tmp_path` (a fresh process, as a user runs it)."""
+    command = [sys.executable, str(REPO / "train.py"), *args]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    return result
+
+
+TINY_BUDGET = [
+    "trainer.max_epochs=1",
+    "trainer.limit_train_batches=3",
+    "trainer.limit_val_batches=2",
+    "trainer.enable_progress_bar=false",
+    "logger=none",
+]
+
+
+def test_ddp_multirun_runs_the_sweep_once_with_own_directories(sample_store, tmp_path):
+    """`train.py -m trainer=ddp` over two learning rates on two CPU processes each: one sweep (no child
+    re-runs it), two run folders with their own checkpoints and config."""
+    result = run_train_py(
+        tmp_path,
         "-m",
         "experiment=smoke",
+        "trainer=ddp",
+        "trainer.accelerator=cpu",
         *overrides_for(sample_store, tmp_path),
         "run_name=sweep",
         "optim.lr=1e-3,2e-3",
-        "trainer.max_epochs=1",
-        "trainer.limit_train_batches=2",
-        "trainer.limit_val_batches=1",
-        "trainer.enable_progress_bar=false",
-        "logger=none",
-    ]
-    result = subprocess.run(args, capture_output=True, text=True, timeout=300, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
+        *TINY_BUDGET,
+    )
+    log = result.stdout + result.stderr
+    assert log.count("Launching 2 jobs") == 1
+    assert log.count("GLOBAL_RANK: 1") == 2  # each job ran two processes
+    assert [p.name for p in (tmp_path / "runs").iterdir()] == ["sweep"]
     ckpts = sorted((tmp_path / "runs" / "sweep").glob("*/checkpoints/last.ckpt"))
     assert [c.parent.parent.name for c in ckpts] == ["0", "1"]
-    lrs = [OmegaConf.load(c.parent.parent / "config.yaml").optim.lr for c in ckpts]
-    assert lrs == [1e-3, 2e-3]
+    assert [OmegaConf.load(c.parent.parent / "config.yaml").optim.lr for c in ckpts] == [1e-3, 2e-3]
+    for ckpt in ckpts:
+        assert json.loads((ckpt.parent.parent / "final_metrics.json").read_text())["val/loss"] > 0
+
+
+def test_plain_ddp_is_refused_inside_a_multirun():
+    from melee_wm.training.run import check_strategy
+
+    cfg = train_config_from_dict(compose_train_config(["trainer=ddp", "trainer.strategy=ddp"]))
+    check_strategy(cfg, multirun=False)
+    with pytest.raises(ConfigError, match="ddp_spawn"):
+        check_strategy(cfg, multirun=True)
+
+
+def test_optuna_search_example_runs(sample_store, tmp_path):
+    result = run_train_py(
+        tmp_path,
+        "-m",
+        "hparams_search=mamba2_optuna",
+        "experiment=smoke",
+        *overrides_for(sample_store, tmp_path),
+        "run_name=search",
+        "hydra.sweeper.n_trials=2",
+        *TINY_BUDGET,
+    )
+    results = OmegaConf.load(tmp_path / "runs" / "search" / "optimization_results.yaml")
+    assert set(results.best_params) == {"optim.lr", "model.d_model"}
+    trial = min(
+        range(2),
+        key=lambda i: json.loads((tmp_path / f"runs/search/{i}/final_metrics.json").read_text())["val/pos_mae/all"],
+    )
+    best = json.loads((tmp_path / "runs" / "search" / str(trial) / "final_metrics.json").read_text())
+    assert results.best_value == pytest.approx(best["val/pos_mae/all"])
+    assert "Best value" in result.stdout + result.stderr
 
 
 # Loss masking ----------------------------------------------------------------------------------------------
@@ -256,8 +310,8 @@ def test_missing_fields_are_masked_out_of_the_loss(sample_store):
     captured = {}
     original = module.net.heads.forward
 
-    def keep(h, next_ctrl):
-        pred = original(h, next_ctrl)
+    def keep(*args):
+        pred = original(*args)
         pred.floats["velocity"].retain_grad()
         captured["pred"] = pred
         return pred

@@ -243,6 +243,7 @@ def expected_parameters(cfg: ModelConfig, layout: Layout) -> int:
     outputs += NUM_PLAYERS * sum(layout.int_vocab(f) for f in layout.categorical_targets)
     # ctrl_proj, norm, fc1, fc2, out_norm, out (all linears with bias).
     heads = (ctrl.stop - ctrl.start + 1) * d + d + (d + 1) * h + (h + 1) * d + d + (d + 1) * outputs
+    heads += len(layout.categorical_targets) if cfg.copy_prior > 0 else 0  # one copy logit per field
     if cfg.arch == "mlp":
         widths = [cfg.mlp_frames * frame_dim, *cfg.mlp_hidden, d]
         trunk = sum((a + 1) * b for a, b in itertools.pairwise(widths)) + d  # linears + final norm

@@ -1,5 +1,5 @@
 """`FrameMetrics`: every one-step metric of a predicted `NextFrame` against the true one (DESIGN.md, "Metrics"),
-and `score_baselines`, the persistence and constant-velocity baselines scored the same way.
+(the persistence and constant-velocity baselines are scored with it in `baselines.py`).
 
 Every metric accumulates sums and counts and reports micro averages (total correct / total counted), never a
 mean of per-batch means. Float errors are reported in game units (encoded error / the EncodingConfig scale).
@@ -15,17 +15,10 @@ from torch import Tensor
 from torchmetrics import Metric
 
 from melee_wm.data.batch import Batch, select_xy
-from melee_wm.data.dataset import MeleeDataset
 from melee_wm.encoding.layout import NUM_PLAYERS, Layout
 from melee_wm.eval.action_categories import CATEGORY_NAMES, category_of
 from melee_wm.eval.frame import (
     NextFrame,
-    constant_velocity,
-    current_frame,
-    positions_with_previous,
-    previous_continuous,
-    select_positions,
-    true_next_frame,
 )
 from melee_wm.eval.metrics import ChangeAccuracy, PositionMAE
 
@@ -171,37 +164,3 @@ class FrameMetrics(torch.nn.Module):
         for metric in self.modules():
             if isinstance(metric, Metric):
                 metric.reset()
-
-
-@torch.no_grad()
-def score_baselines(
-    dataset: MeleeDataset,
-    positions: slice | None = None,
-    batch_size: int = 4096,
-    max_windows: int | None = None,
-) -> dict[str, dict[str, float]]:
-    """{"persistence": metrics, "constant_velocity": metrics} (`FrameMetrics.compute` keys) over the first
-    `max_windows` windows of `dataset` (all when None), in order.
-
-    positions: target positions scored (None: `positions_with_previous`, the positions the model is scored on);
-    each must have a previous frame in the context. Columns a game's replay format lacks are masked out, as
-    for the model.
-    """
-    layout = dataset.layout
-    scores = {name: FrameMetrics(layout).to(dataset.device) for name in ("persistence", "constant_velocity")}
-    n = len(dataset) if max_windows is None else min(max_windows, len(dataset))
-    for start in range(0, n, batch_size):
-        indices = torch.arange(start, min(start + batch_size, n))
-        batch = dataset.get_batch(indices)
-        picked = positions_with_previous(batch) if positions is None else positions
-        targets = select_positions(batch.targets, picked)
-        true, current = true_next_frame(targets, layout), current_frame(targets)
-        valid = (
-            None
-            if batch.valid_floats is None
-            else ColumnMask.from_columns(layout, batch.valid_floats, batch.valid_ints)
-        )
-        scores["persistence"].update(current, true, current, valid)
-        cv = constant_velocity(targets, previous_continuous(batch, layout, picked), layout)
-        scores["constant_velocity"].update(cv, true, current, valid)
-    return {name: metrics.compute() for name, metrics in scores.items()}

@@ -41,6 +41,11 @@ class RolloutEvalCallback(Callback):
             self.windows = rollout_windows(
                 c.data.store, "val", c.data, c.encoding, c.data.context_len, self.cfg.horizon
             )
+            if len(self.windows) == 0:
+                raise ValueError(
+                    f"rollout.enabled: the val split of {c.data.store} has no window of data.context_len + "
+                    f"rollout.horizon = {c.data.context_len + self.cfg.horizon} frames ({self.windows.num_games} games)"
+                )
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking:

@@ -4,7 +4,8 @@ with the true controller, the model beside the persistence and constant-velocity
 Per horizon h (the h-th predicted frame): position, velocity and percent MAE in game units, action accuracy and
 action-change accuracy (entries whose true action differs from the last context frame's). Summaries over horizons
 1..5, 1..10, 1..20 are micro averages (total error / total entries). Physical-constraint violation rates count
-(start, frame, player) entries; the true frames are scored too, as a check that the rules hold on real data.
+(start, frame, player) entries (`constraints.py`); the true frames are scored too, as a check that the rules
+hold on real data.
 Columns a game's replay format lacks are left out (`MeleeDataset.game_valid_*`).
 """
 
@@ -24,9 +25,9 @@ from melee_wm.data.config import DataConfig
 from melee_wm.data.dataset import MeleeDataset
 from melee_wm.data.store import Store
 from melee_wm.encoding.config import EncodingConfig
-from melee_wm.encoding.layout import NUM_PLAYERS, STAGE_FIELD, Layout
+from melee_wm.encoding.layout import NUM_PLAYERS, Layout
+from melee_wm.eval.constraints import VIOLATIONS, physical_violations
 from melee_wm.eval.rollout import constant_velocity_rollout, persistence_rollout, rollout
-from melee_wm.eval.stages import GROUND_MARGIN, is_dead_action, outside_blast_zone, stage_table
 from melee_wm.model.interface import WorldModelInterface
 
 if TYPE_CHECKING:
@@ -35,10 +36,8 @@ if TYPE_CHECKING:
 SUMMARY_RANGES = ((1, 5), (1, 10), (1, 20))
 METRICS = ("pos_mae", "vel_mae", "percent_mae", "action_acc", "change_acc")
 HIGHER_IS_BETTER = ("action_acc", "change_acc")
-VIOLATIONS = ("negative_percent", "stocks_increase", "outside_blast_zone", "ground_above_platforms")
 PREDICTORS = ("model", "persistence", "constant_velocity")
 BASELINES = PREDICTORS[1:]
-PERCENT_TOLERANCE = 1e-3  # game units below 0 before a percent counts as negative (float rounding)
 NUM_EXAMPLES = 4  # starts kept whole for pictures
 PREFIX = "rollout"
 REPORT_FILE = "eval_rollout.json"
@@ -109,42 +108,6 @@ def score_frames(
     add("change_acc", hit, act_ok & (true_i[..., act] != last_i[:, None, act]))
     violations = physical_violations(layout, pred_f, pred_i, last_f, valid_f)
     return RolloutSums(sums, counts, violations)
-
-
-def physical_violations(layout: Layout, floats: Tensor, ints: Tensor, last_f: Tensor, valid_f: Tensor):
-    """{kind: (2,) [violations, entries]} over the (B, H, player) entries of frames floats (B, H, num_floats) and
-    ints (B, H, num_ints) that follow the frame last_f (B, num_floats).
-
-    negative_percent: percent < 0. stocks_increase: whole stocks above the previous frame's. outside_blast_zone:
-    a position past the stage's blast zone while the player is not in a Dead* action and has lost no stock since
-    `last_f`. ground_above_platforms: on the ground more than `GROUND_MARGIN` above the stage's highest surface.
-    """
-    cfg = layout.cfg
-
-    def column(field: str, source: Tensor = floats) -> Tensor:  # (..., 2) both players' values in game units
-        return source[..., [layout.player_float_index(p, field) for p in range(NUM_PLAYERS)]]
-
-    def valid(field: str) -> Tensor:  # (B, H, 2)
-        return column(field, valid_f)[:, None].expand(floats.shape[0], floats.shape[1], NUM_PLAYERS)
-
-    zone = stage_table(layout.int_vocab(STAGE_FIELD), floats.device)[ints[..., layout.int_slice(STAGE_FIELD)].long()]
-    zone = zone.expand(*ints.shape[:2], NUM_PLAYERS, zone.shape[-1])  # (B, H, 2, 5)
-    known = ~zone[..., 0].isnan()
-    x, y = column("x") / cfg.position_scale, column("y") / cfg.position_scale
-    stocks = torch.round(column("stocks") / cfg.stocks_scale)
-    before = torch.cat([torch.round(column("stocks", last_f) / cfg.stocks_scale)[:, None], stocks[:, :-1]], 1)
-    lost = stocks < torch.round(column("stocks", last_f) / cfg.stocks_scale)[:, None]
-    dead = is_dead_action(ints[..., layout.int_slice("action")])
-    checks = {
-        "negative_percent": (column("percent") / cfg.percent_scale < -PERCENT_TOLERANCE, valid("percent")),
-        "stocks_increase": (stocks > before, valid("stocks")),
-        "outside_blast_zone": (outside_blast_zone(x, y, zone) & ~dead & ~lost, known & valid("x") & valid("y")),
-        "ground_above_platforms": (
-            (column("on_ground") >= 0.5) & (y > zone[..., 4] + GROUND_MARGIN),
-            known & valid("on_ground") & valid("y"),
-        ),
-    }
-    return {k: torch.stack([(hit & ok).sum().double(), ok.sum().double()]) for k, (hit, ok) in checks.items()}
 
 
 @dataclass

@@ -67,6 +67,9 @@ class ModelConfig:
     dropout: float = 0.0
     layer_dropout: float = 0.0  # stochastic depth: chance that a residual block is skipped, per sample (train)
     unimix: float = 0.0
+    # Probability that an untrained model keeps each categorical id (action, jumps, ...) of the current frame:
+    # a learnable logit added to the current id (0 disables it).
+    copy_prior: float = 0.9
     # Frame-stack MLP baseline: frames seen per prediction, hidden layer widths.
     mlp_frames: int = 4
     mlp_hidden: list[int] = field(default_factory=lambda: [1024, 1024])
@@ -108,7 +111,7 @@ class ModelConfig:
             fail("ngroups", f"the number of heads ({nheads} = d_model*expand/headdim) must be divisible by it")
         if not 0 < self.dt_min < self.dt_max:
             fail("dt_min", f"need 0 < dt_min < dt_max, got dt_min={self.dt_min}, dt_max={self.dt_max}")
-        for key in ("dropout", "layer_dropout", "unimix"):
+        for key in ("dropout", "layer_dropout", "unimix", "copy_prior"):
             if not 0.0 <= getattr(self, key) < 1.0:
                 fail(key, f"must be in [0, 1), got {getattr(self, key)}")
         bad = {k: v for k, v in self.embed_dims.items() if v < 1}

@@ -180,7 +180,7 @@ class CausalConvSiluFn(torch.autograd.Function):
                 torch.ops.aten.silu_backward.grad_input(g.to(p.dtype), p, grad_input=out)
         grad_x = grad_weight = None
         if ctx.needs_input_grad[0]:  # the transposed conv: flipped taps, padded after instead of before
-            grad_x = depthwise_conv(padded, weight.flip(-1), None, 0)
+            grad_x = depthwise_conv(padded, weight.flip(-1).to(padded.dtype), None, 0)
         if ctx.needs_input_grad[2]:
             grad_weight = torch.zeros_like(weight)
             step = max(1, _CACHE_ELEMENTS // (seqlen * x.shape[2]))  # batch rows per cache-sized block

@@ -66,9 +66,20 @@ class PredictionHeads(nn.Module):
         self.vocabs = {f: layout.int_vocab(f) for f in layout.categorical_targets}
         self.widths = [*self.float_widths.values(), *(NUM_PLAYERS * v for v in self.vocabs.values())]
         self.out = nn.Linear(d, sum(self.widths))
+        # Copy prior: a learnable logit per categorical field added to the current frame's id, so about 96 % of
+        # frames (which keep their action) need no effort; with the other logits at 0 the next id stays the
+        # current one with probability `cfg.copy_prior`.
+        self.int_slices = {f: layout.int_slice(f) for f in self.vocabs}
+        self.copy_logit = None
+        if cfg.copy_prior > 0:
+            p = cfg.copy_prior
+            init = [math.log(p * (v - 1) / (1 - p)) for v in self.vocabs.values()]
+            self.copy_logit = nn.Parameter(torch.tensor(init))
+            self.copy_logit._no_weight_decay = True
 
-    def forward(self, h: Tensor, next_ctrl: Tensor) -> Prediction:
-        """h: (..., d_model) trunk features; next_ctrl: (..., num_ctrl) controller of the predicted frame."""
+    def forward(self, h: Tensor, next_ctrl: Tensor, ints: Tensor) -> Prediction:
+        """h: (..., d_model) trunk features; next_ctrl: (..., num_ctrl) controller of the predicted frame;
+        ints: (..., num_ints) the current frame's ids (for the copy prior)."""
         if next_ctrl.shape[-1] != self.num_ctrl:
             raise ValueError(
                 f"PredictionHeads: next_ctrl must have the layout's {self.num_ctrl} controller columns, "
@@ -82,6 +93,11 @@ class PredictionHeads(nn.Module):
         categorical = {
             f: p.unflatten(-1, (NUM_PLAYERS, v)) for (f, v), p in zip(self.vocabs.items(), parts[n:], strict=True)
         }
+        if self.copy_logit is not None:
+            for i, (f, logits) in enumerate(categorical.items()):
+                current = ints[..., self.int_slices[f]].long().unsqueeze(-1)  # (..., 2, 1)
+                bonus = self.copy_logit[i].to(logits.dtype).expand(current.shape)
+                categorical[f] = logits.scatter_add(-1, current, bonus)
         return Prediction(floats=floats, categorical=categorical, unimix=self.unimix)
 
     def describe(self) -> list[str]:

@@ -64,12 +64,12 @@ class FrameStackMLP(nn.Module):
         padded = torch.cat([state, e], dim=1)
         stacked = torch.cat([padded[:, k : k + seqlen] for k in range(self.frames)], dim=-1)
         new_state = padded[:, padded.shape[1] - (self.frames - 1) :]
-        return self.heads(self._mlp(stacked), next_ctrl), new_state if need_state else None
+        return self.heads(self._mlp(stacked), next_ctrl, ints), new_state if need_state else None
 
     def step(self, floats_t: Tensor, ints_t: Tensor, next_ctrl_t: Tensor, state: Tensor) -> tuple[Prediction, Tensor]:
         """One frame: floats_t (B, num_floats), ints_t (B, num_ints), next_ctrl_t (B, num_ctrl)."""
         window = torch.cat([state, self.embed(floats_t, ints_t).unsqueeze(1)], dim=1)
-        return self.heads(self._mlp(window.flatten(1)), next_ctrl_t), window[:, 1:]
+        return self.heads(self._mlp(window.flatten(1)), next_ctrl_t, ints_t), window[:, 1:]
 
     def num_parameters(self) -> int:
         """Total number of parameters."""

@@ -107,7 +107,7 @@ class WorldModel(nn.Module):
         for block, s in zip(self.blocks, states, strict=True):
             x, s = block(x, s, need_state)
             new_states.append(s)
-        return self.heads(self.norm(x), next_ctrl), new_states if need_state else None
+        return self.heads(self.norm(x), next_ctrl, ints), new_states if need_state else None
 
     def step(
         self, floats_t: Tensor, ints_t: Tensor, next_ctrl_t: Tensor, state: list[Mamba2State]
@@ -118,7 +118,7 @@ class WorldModel(nn.Module):
         for block, s in zip(self.blocks, state, strict=True):
             x, s = block.step(x, s)
             new_states.append(s)
-        return self.heads(self.norm(x), next_ctrl_t), new_states
+        return self.heads(self.norm(x), next_ctrl_t, ints_t), new_states
 
     def num_parameters(self) -> int:
         """Total number of parameters."""

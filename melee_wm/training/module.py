@@ -34,8 +34,6 @@ from melee_wm.training.optim import build_optimizer
 from melee_wm.training.schema import train_config_from_dict
 from melee_wm.training.targets import POSITION_GROUP, RESIDUAL, TargetCodec, TargetStats
 
-BASELINES = ("persistence", "constant_velocity")
-
 
 def cut_positions(pred: Prediction, start: int, stop: int) -> Prediction:
     """Predictions (B, K, ...) restricted to context positions start..stop-1."""
@@ -152,7 +150,9 @@ class WorldModelModule(L.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         total = int(self.trainer.estimated_stepping_batches)
-        optimizer, scheduler = build_optimizer(self.net, self.cfg.optim, total)
+        t = self.cfg.trainer
+        fused = t.precision == "32-true" or not t.gradient_clip_val
+        optimizer, scheduler = build_optimizer(self.net, self.cfg.optim, total, fused=fused)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def configure_model(self) -> None:

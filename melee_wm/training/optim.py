@@ -45,10 +45,10 @@ def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_ratio: flo
 
 
 def build_optimizer(
-    model: nn.Module, cfg: OptimConfig, total_steps: int
+    model: nn.Module, cfg: OptimConfig, total_steps: int, fused: bool = True
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
-    """AdamW over `param_groups` and a per-step `warmup_cosine` schedule ending at `total_steps`."""
-    fused = all(p.device.type in ("cuda", "cpu") for p in model.parameters())
+    """AdamW over `param_groups` and a per-step `warmup_cosine` schedule ending at `total_steps`. fused: use the
+    fused kernel (Lightning refuses it with gradient clipping under mixed precision, which unscales inside it)."""
     optimizer = torch.optim.AdamW(
         param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, fused=fused
     )

@@ -23,7 +23,7 @@ from melee_wm.data.dataset import MeleeDataset
 from melee_wm.data.store import Store, open_store
 from melee_wm.data.store_writer import build_store
 from melee_wm.encoding.config import config_diff, format_config_diff
-from melee_wm.eval.frame_metrics import score_baselines
+from melee_wm.eval.baselines import score_baselines
 from melee_wm.samples import sample_dir
 from melee_wm.training.callbacks import HISTORY_FILE, build_callbacks
 from melee_wm.training.config import TrainConfig
