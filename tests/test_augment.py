@@ -25,6 +25,7 @@ from melee_wm.encoding.config import EncodingConfig
 from melee_wm.encoding.encoder import encode_game
 from melee_wm.encoding.layout import Column, Layout
 from melee_wm.replay.parse import ParsedGame, parse_replay
+from tests.helpers import quiet_trainer
 
 ENC = EncodingConfig()
 LAYOUT = Layout(ENC)
@@ -257,16 +258,7 @@ def test_lightning_fit_swaps_per_epoch(sample_store):
     cfg = DataConfig(store=str(sample_store.path), batch_size=16, swap_players_p=0.5, seed=2)
     dm = MeleeDataModule(cfg, EncodingConfig())
     recorder = _Recorder()
-    trainer = L.Trainer(
-        max_epochs=2,
-        limit_train_batches=2,
-        limit_val_batches=0,
-        use_distributed_sampler=False,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    trainer = quiet_trainer(max_epochs=2, limit_train_batches=2)
     trainer.fit(recorder, datamodule=dm)
     expected = []
     reference = SwapBatchSampler(len(dm.train_set), 16, swap_p=0.5, seed=2)

@@ -16,6 +16,7 @@ from melee_wm.data.split import split_of
 from melee_wm.data.store import StoreConfigError
 from melee_wm.encoding.config import EncodingConfig
 from melee_wm.encoding.layout import Layout
+from tests.helpers import quiet_trainer
 
 
 def flat(batches: list[list[int]]) -> list[int]:
@@ -118,16 +119,7 @@ def test_lightning_fit_gets_batches_and_reshuffles(sample_store):
     cfg = DataConfig(store=str(sample_store.path), batch_size=16)
     dm = MeleeDataModule(cfg, EncodingConfig())
     probe = _Probe()
-    trainer = L.Trainer(
-        max_epochs=2,
-        limit_train_batches=2,
-        limit_val_batches=0,
-        use_distributed_sampler=False,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    trainer = quiet_trainer(max_epochs=2, limit_train_batches=2)
     trainer.fit(probe, datamodule=dm)
     assert [(t, e) for t, _, e in probe.seen] == [(Batch, 0), (Batch, 0), (Batch, 1), (Batch, 1)]
     cols = Layout(EncodingConfig()).float_slice("continuous")

@@ -6,6 +6,9 @@ line is the `summary` (`name: "summary"`, `ratio`, `target`, `passed`, then anyt
 
 from __future__ import annotations
 
+import statistics
+import time
+from collections.abc import Callable
 from typing import Any
 
 import torch.nn.functional as F
@@ -51,3 +54,13 @@ def stand_in_loss(pred: Prediction, targets: Targets, layout: Layout) -> Tensor:
         logp = pred.log_probs(f)[:, -target.shape[1] :]
         losses.append(F.nll_loss(logp.flatten(0, -2), target.flatten()))
     return sum(losses)
+
+
+def median_time(fn: Callable[[], object], reps: int) -> float:
+    """Median wall time of `reps` calls of `fn`, in seconds."""
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)

@@ -22,7 +22,7 @@ import shutil
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -45,7 +45,7 @@ from melee_wm.model.config import load_model_config
 from melee_wm.paths import config_dir
 from melee_wm.samples import sample_dir
 
-from ._common import record, stand_in_loss, summary
+from ._common import median_time, record, stand_in_loss, summary
 
 BATCH = 512
 CONTEXT = 30
@@ -88,15 +88,6 @@ def cached_store(frames: int, cfg: EncodingConfig) -> Path:
         folders.append(folder)
     build_store(folders, out, cfg, workers=2, dedupe=False, overwrite=True, progress=False)
     return out
-
-
-def median_time(fn: Callable[[], object], reps: int) -> float:
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def private_and_file_mib(pid: int) -> tuple[float, float]:

@@ -11,9 +11,7 @@ the medians are compared (the machine is shared and noisy).
 
 from __future__ import annotations
 
-import statistics
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import torch
 from omegaconf import OmegaConf
@@ -26,7 +24,7 @@ from melee_wm.training.module import WorldModelModule
 from melee_wm.training.schema import to_container, train_config_from_dict
 from melee_wm.training.targets import regression_groups
 
-from ._common import record, summary
+from ._common import median_time, record, summary
 from .model import PRESET, synthetic_batch
 
 CONTEXT = 30
@@ -39,15 +37,6 @@ def unit_stats(layout: Layout) -> dict:
     """Target statistics of centre 0 and scale 1 (the timing does not depend on them)."""
     widths = {g: layout.float_slice(g).stop - layout.float_slice(g).start for g in regression_groups(layout)}
     return {"center": {g: [0.0] * w for g, w in widths.items()}, "scale": {g: [1.0] * w for g, w in widths.items()}}
-
-
-def median_time(fn: Callable[[], object], reps: int) -> float:
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def run(quick: bool) -> Iterator[dict]:
