@@ -48,6 +48,5 @@ def run(quick: bool) -> Iterator[dict]:
         change_acc=metrics["val/change_acc/all"],
         action_acc=metrics["val/action_acc/all"],
         budget=budget,
-        epochs=int(metrics.get("epoch", -1)) + 1,
     )
     yield summary(cv / model, TARGET, cv / model > TARGET, persistence_ratio=persistence / model)
