@@ -58,7 +58,11 @@ class MetricHistory(Callback):
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking:
             return
-        values = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("val/", "rollout/")) and v.numel() == 1}
+        values = {
+            k: float(v)
+            for k, v in trainer.callback_metrics.items()
+            if k.startswith(("val/", "rollout/")) and v.numel() == 1
+        }
         self.rows.append({"step": trainer.global_step, "epoch": trainer.current_epoch, **values})
         if trainer.is_global_zero:
             self.path.write_text(json.dumps(self.rows))
