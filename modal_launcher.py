@@ -27,7 +27,7 @@ CONF_DIR = ROOT / "conf"
 def _runtime(base: modal.Image) -> modal.Image:
     """A CUDA build of torch and the package's pinned dependencies on `base`."""
     return (
-        base.pip_install(spec.TORCH, index_url=spec.TORCH_INDEX_URL)
+        base.pip_install(spec.TORCH)
         .pip_install(*spec.PACKAGES)
         .env({"PYTHONUNBUFFERED": "1", "MELEE_WM_CONFIG_DIR": spec.REMOTE_CONF})
     )

@@ -20,8 +20,7 @@ WANDB_SECRET_ENV = "MELEE_WM_WANDB_SECRET"  # names a Modal Secret holding WANDB
 GPU_ENV = "MELEE_WM_GPU"  # default GPU of `train`/`sweep` when --gpu is not given
 
 PYTHON_VERSION = "3.11"
-TORCH = "torch==2.5.1"
-TORCH_INDEX_URL = "https://download.pytorch.org/whl/cu124"  # CUDA 12.4 build of torch
+TORCH = "torch==2.5.1"  # the package index's Linux x86_64 wheel of torch is its CUDA 12 build
 CUDA_DEVEL_IMAGE = "nvidia/cuda:12.4.1-devel-ubuntu22.04"  # nvcc, for mamba-ssm if no prebuilt wheel matches
 # The package's runtime dependencies (pyproject.toml), pinned to the versions the test suite runs with.
 PACKAGES = (
@@ -42,7 +41,7 @@ MAMBA_BUILD_DEPS = ("packaging", "ninja", "wheel", "setuptools")
 MAMBA_PACKAGES = ("causal-conv1d==1.5.0.post8", "mamba-ssm==2.2.4")
 MAMBA_BUILD_ENV = {"TORCH_CUDA_ARCH_LIST": "8.0;8.6;8.9;9.0", "MAX_JOBS": "8"}
 
-# Modal's GPU types (https://modal.com/docs/guide/gpu); "H100!" pins H100 (no upgrade to H200).
+# Modal's GPU type names (its GPU guide); "H100!" pins H100 (no upgrade to H200).
 GPU_TYPES = ("T4", "L4", "A10G", "L40S", "A100", "A100-40GB", "A100-80GB", "H100", "H100!", "H200", "B200")
 MAX_GPUS = 8  # per container
 DEFAULT_GPU = "A100-80GB"
