@@ -188,17 +188,6 @@ def test_bf16_mixed_precision_trains_on_cpu(sample_store, tmp_path):
     assert math.isfinite(metrics["train/loss"]) and math.isfinite(metrics["val/pos_mae/all"])
 
 
-def test_compiled_network_trains_and_keeps_plain_state_dict_keys(sample_store, tmp_path):
-    """trainer.compile compiles the inner network in place: it trains, and checkpoints hold no `_orig_mod.`."""
-    metrics, run_dir = quick_run(sample_store, tmp_path, "trainer.compile=true", "trainer.limit_train_batches=3")
-    assert math.isfinite(metrics["train/loss"])
-    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
-    assert ckpt["hyper_parameters"]["config"]["trainer"]["compile"] is True
-    assert not [k for k in ckpt["state_dict"] if "_orig_mod" in k]
-    module = WorldModelModule.load_from_checkpoint(run_dir / "checkpoints" / "last.ckpt", map_location="cpu")
-    assert module.net.num_parameters() > 0
-
-
 def test_resume_is_exact_and_checkpoints_load_weights_only(sample_store, tmp_path):
     common = ["trainer.limit_train_batches=6", "data.swap_players_p=0.5", "model.dropout=0.1"]
     straight, straight_dir = quick_run(sample_store, tmp_path, "run_name=straight", "trainer.max_epochs=2", *common)
@@ -261,6 +250,26 @@ def test_ddp_multirun_runs_the_sweep_once_with_own_directories(sample_store, tmp
     assert [OmegaConf.load(c.parent.parent / "config.yaml").optim.lr for c in ckpts] == [1e-3, 2e-3]
     for ckpt in ckpts:
         assert json.loads((ckpt.parent.parent / "final_metrics.json").read_text())["val/loss"] > 0
+
+
+def test_compiled_network_trains_and_keeps_plain_state_dict_keys(sample_store, tmp_path):
+    """`python train.py trainer.compile=true` compiles the inner network in place: it trains, and checkpoints
+    hold no `_orig_mod.` keys. A fresh process, as a user runs it (inductor's C++ build imports setuptools,
+    which must not meet a distutils that an earlier test imported)."""
+    run_train_py(
+        tmp_path,
+        "experiment=smoke",
+        *overrides_for(sample_store, tmp_path),
+        "run_name=compiled",
+        "trainer.compile=true",
+        *TINY_BUDGET,
+    )
+    last = tmp_path / "runs" / "compiled" / "checkpoints" / "last.ckpt"
+    ckpt = torch.load(last, map_location="cpu", weights_only=True)
+    assert ckpt["hyper_parameters"]["config"]["trainer"]["compile"] is True
+    assert not [k for k in ckpt["state_dict"] if "_orig_mod" in k]
+    assert WorldModelModule.load_from_checkpoint(last, map_location="cpu").net.num_parameters() > 0
+    assert math.isfinite(json.loads((last.parent.parent / "final_metrics.json").read_text())["train/loss"])
 
 
 def test_plain_ddp_is_refused_inside_a_multirun():
