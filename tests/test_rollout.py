@@ -73,7 +73,7 @@ class Oracle(torch.nn.Module):
         start = 0 if state is None else state
         return self._at(start, start + floats.shape[1]), start + floats.shape[1]
 
-    def step(self, floats_t, ints_t, next_ctrl_t, state):
+    def step(self, floats_t, ints_t, next_ctrl_t, state, inplace=False):
         return position(self._at(state, state + 1), 0), state + 1
 
 

@@ -117,6 +117,25 @@ def test_forward_equals_repeated_step(arch):
 
 
 @pytest.mark.parametrize("arch", ARCHS)
+def test_inplace_step_equals_pure_step(arch):
+    """`step(..., inplace=True)` (rollouts) gives the pure step's predictions and states; the pure step leaves
+    the state it was given untouched."""
+    layout = Layout(EncodingConfig())
+    model = make(arch, layout)
+    floats, ints, next_ctrl = batch(layout)
+    with torch.no_grad():
+        _, start = model(floats[:, :10], ints[:, :10], next_ctrl[:, :10])
+        before = flat_state(start).clone()
+        pure, reused = start, model(floats[:, :10], ints[:, :10], next_ctrl[:, :10])[1]
+        for t in range(10, floats.shape[1]):
+            pure_pred, pure = model.step(floats[:, t], ints[:, t], next_ctrl[:, t], pure)
+            reused_pred, reused = model.step(floats[:, t], ints[:, t], next_ctrl[:, t], reused, inplace=True)
+            torch.testing.assert_close(flat(reused_pred), flat(pure_pred), rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(flat_state(reused), flat_state(pure), rtol=1e-12, atol=1e-12)
+        assert torch.equal(flat_state(start), before)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
 def test_forward_float32_last_position_matches_step(arch):
     layout = Layout(EncodingConfig())
     model = make(arch, layout, dtype=torch.float32)

@@ -56,7 +56,7 @@ def rollout(
         out_f.append(next_f)
         out_i.append(next_i)
         if h + 1 < horizon:
-            step_pred, state = net.step(next_f, next_i, ctrl[:, context + h + 1], state)
+            step_pred, state = net.step(next_f, next_i, ctrl[:, context + h + 1], state, inplace=True)
         prev, cur_f, cur_i = cur_f, next_f, next_i
     return torch.stack(out_f, 1), torch.stack(out_i, 1)
 

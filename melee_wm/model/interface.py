@@ -28,8 +28,11 @@ class WorldModelInterface(Protocol):
         position and the state after the last frame (None unless `need_state`)."""
         ...
 
-    def step(self, floats_t: Tensor, ints_t: Tensor, next_ctrl_t: Tensor, state: State) -> tuple[Prediction, State]:
-        """One frame: floats_t (B, num_floats), ints_t (B, num_ints), next_ctrl_t (B, num_ctrl)."""
+    def step(
+        self, floats_t: Tensor, ints_t: Tensor, next_ctrl_t: Tensor, state: State, inplace: bool = False
+    ) -> tuple[Prediction, State]:
+        """One frame: floats_t (B, num_floats), ints_t (B, num_ints), next_ctrl_t (B, num_ctrl). inplace: the
+        caller gives up `state` (its memory may hold the new state); never under autograd."""
         ...
 
     def init_state(self, batch: int, device: torch.device | None = None, dtype: torch.dtype | None = None) -> State:

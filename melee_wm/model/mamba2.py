@@ -167,8 +167,9 @@ class Mamba2(nn.Module):
             new_state = Mamba2State(conv=conv_state, ssm=ssm_state) if need_state else None
         return self.out_proj(y), new_state
 
-    def step(self, u_t: Tensor, state: Mamba2State) -> tuple[Tensor, Mamba2State]:
-        """One position. u_t: (batch, d_model) -> (batch, d_model) and a new state (``state`` is untouched).
+    def step(self, u_t: Tensor, state: Mamba2State, inplace: bool = False) -> tuple[Tensor, Mamba2State]:
+        """One position. u_t: (batch, d_model) -> (batch, d_model) and a new state (``state`` is untouched unless
+        ``inplace``: then its SSM state is updated in place, for inference loops that drop the old state).
         Pure PyTorch with every backend (it is the same math on CUDA)."""
         z, xbc, dt = self.in_proj(u_t)
         window = torch.cat([state.conv[..., 1:], xbc[..., None].to(state.conv.dtype)], dim=-1)
@@ -176,7 +177,7 @@ class Mamba2(nn.Module):
         if self.conv1d.bias is not None:
             conv = conv + self.conv1d.bias
         x, B, C = self._ssm_inputs(F.silu(conv).to(xbc.dtype))
-        y, ssm_state = ssd_step(x, self._dt(dt), self._A(), B, C, state.ssm, D=self.D)
+        y, ssm_state = ssd_step(x, self._dt(dt), self._A(), B, C, state.ssm, D=self.D, inplace=inplace)
         return self.out_proj(self.norm(y.flatten(-2), z)), Mamba2State(conv=window, ssm=ssm_state)
 
     def _forward_mamba_ssm(

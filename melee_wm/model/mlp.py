@@ -66,8 +66,11 @@ class FrameStackMLP(nn.Module):
         new_state = padded[:, padded.shape[1] - (self.frames - 1) :]
         return self.heads(self._mlp(stacked), next_ctrl, ints), new_state if need_state else None
 
-    def step(self, floats_t: Tensor, ints_t: Tensor, next_ctrl_t: Tensor, state: Tensor) -> tuple[Prediction, Tensor]:
-        """One frame: floats_t (B, num_floats), ints_t (B, num_ints), next_ctrl_t (B, num_ctrl)."""
+    def step(
+        self, floats_t: Tensor, ints_t: Tensor, next_ctrl_t: Tensor, state: Tensor, inplace: bool = False
+    ) -> tuple[Prediction, Tensor]:
+        """One frame: floats_t (B, num_floats), ints_t (B, num_ints), next_ctrl_t (B, num_ctrl). `inplace` is
+        accepted for the interface and changes nothing (the frame stack is small)."""
         window = torch.cat([state, self.embed(floats_t, ints_t).unsqueeze(1)], dim=1)
         return self.heads(self._mlp(window.flatten(1)), next_ctrl_t, ints_t), window[:, 1:]
 

@@ -48,9 +48,17 @@ def _check_shapes(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, state:
 
 
 def ssd_step(
-    x_t: Tensor, dt_t: Tensor, A: Tensor, B_t: Tensor, C_t: Tensor, state: Tensor, D: Tensor | None = None
+    x_t: Tensor,
+    dt_t: Tensor,
+    A: Tensor,
+    B_t: Tensor,
+    C_t: Tensor,
+    state: Tensor,
+    D: Tensor | None = None,
+    inplace: bool = False,
 ) -> tuple[Tensor, Tensor]:
-    """One recurrent step. Pure: ``state`` is not modified.
+    """One recurrent step. ``state`` is not modified unless ``inplace`` (the caller gives it up: its memory
+    becomes the new state, which saves allocating and faulting in a state-sized tensor every frame; no autograd).
 
     x_t: (batch, nheads, headdim); dt_t: (batch, nheads); A: (nheads,); B_t, C_t: (batch, ngroups, d_state);
     state: (batch, nheads, headdim, d_state). Returns y_t (x_t's dtype) and the new state (scan dtype).
@@ -63,7 +71,8 @@ def ssd_step(
         batch, nheads, headdim = x.shape
         ngroups, d_state = B.shape[1:]
         rows = nheads // ngroups * headdim  # the heads of a group share B and C: fold them into rows
-        decayed = (state * torch.exp(dt * A)[..., None, None]).view(batch * ngroups, rows, d_state)
+        decay = torch.exp(dt * A)[..., None, None]
+        decayed = (state.mul_(decay) if inplace else state * decay).view(batch * ngroups, rows, d_state)
         xdt = (x * dt[..., None]).view(batch * ngroups, rows, 1)
         # In place on the fresh decayed state: one pass over the state instead of a copy plus an update.
         new_state = decayed.baddbmm_(xdt, B.reshape(batch * ngroups, 1, d_state))

@@ -63,9 +63,9 @@ class ResidualBlock(nn.Module):
         y, state = self.mixer(self.norm(x), state, need_state)
         return self._add(x, y), state
 
-    def step(self, x: Tensor, state: Mamba2State) -> tuple[Tensor, Mamba2State]:
+    def step(self, x: Tensor, state: Mamba2State, inplace: bool = False) -> tuple[Tensor, Mamba2State]:
         """x: (batch, d_model)."""
-        y, state = self.mixer.step(self.norm(x), state)
+        y, state = self.mixer.step(self.norm(x), state, inplace)
         return self._add(x, y), state
 
 
@@ -110,13 +110,19 @@ class WorldModel(nn.Module):
         return self.heads(self.norm(x), next_ctrl, ints), new_states if need_state else None
 
     def step(
-        self, floats_t: Tensor, ints_t: Tensor, next_ctrl_t: Tensor, state: list[Mamba2State]
+        self,
+        floats_t: Tensor,
+        ints_t: Tensor,
+        next_ctrl_t: Tensor,
+        state: list[Mamba2State],
+        inplace: bool = False,
     ) -> tuple[Prediction, list[Mamba2State]]:
-        """One frame: floats_t (B, num_floats), ints_t (B, num_ints), next_ctrl_t (B, num_ctrl)."""
+        """One frame: floats_t (B, num_floats), ints_t (B, num_ints), next_ctrl_t (B, num_ctrl). inplace: reuse
+        `state`'s memory for the new state (inference loops that drop the old one; not under autograd)."""
         x = self.in_dropout(self.in_proj(self.embed(floats_t, ints_t)))
         new_states = []
         for block, s in zip(self.blocks, state, strict=True):
-            x, s = block.step(x, s)
+            x, s = block.step(x, s, inplace)
             new_states.append(s)
         return self.heads(self.norm(x), next_ctrl_t, ints_t), new_states
 
