@@ -146,6 +146,11 @@ class Layout:
         except KeyError:
             raise KeyError(f"no float group {group!r}; groups are {list(self._float_slices)}") from None
 
+    def float_width(self, group: str) -> int:
+        """Number of float columns of `group` (both players)."""
+        cols = self.float_slice(group)
+        return cols.stop - cols.start
+
     def float_fields(self, group: str) -> tuple[str, ...]:
         """Per-player field names of a float group, in column order."""
         return self.float_groups_fields[group][0]

@@ -59,9 +59,7 @@ class PredictionHeads(nn.Module):
         self.dropout = nn.Dropout(cfg.dropout)
         self.out_norm = RMSNorm(d, eps=cfg.norm_eps)
         # Output layout: float groups (width = both players' columns), then categorical fields (2 * vocab).
-        self.float_widths = {
-            g: layout.float_slice(g).stop - layout.float_slice(g).start for g in layout.target_float_groups
-        }
+        self.float_widths = {g: layout.float_width(g) for g in layout.target_float_groups}
         self.float_kinds = {g: layout.float_target(g).value for g in layout.target_float_groups}
         self.vocabs = {f: layout.int_vocab(f) for f in layout.categorical_targets}
         self.widths = [*self.float_widths.values(), *(NUM_PLAYERS * v for v in self.vocabs.values())]

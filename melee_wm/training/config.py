@@ -69,10 +69,14 @@ class ObjectiveConfig:
             _fail("objective", "action_change_weight", f"must be >= 0, got {self.action_change_weight}")
 
 
+def regression_groups(layout: Layout) -> list[str]:
+    """Target float groups predicted by regression (DELTA and ABSOLUTE), in layout order."""
+    return [g for g in layout.target_float_groups if layout.float_target(g) in (Target.DELTA, Target.ABSOLUTE)]
+
+
 def loss_groups(layout: Layout) -> tuple[list[str], list[str]]:
     """(regression groups, every weighted name): the names `ObjectiveConfig` may use for this layout."""
-    regression = [g for g in layout.target_float_groups if layout.float_target(g) in (Target.DELTA, Target.ABSOLUTE)]
-    return regression, [*layout.target_float_groups, *layout.categorical_targets]
+    return regression_groups(layout), [*layout.target_float_groups, *layout.categorical_targets]
 
 
 def check_objective_names(objective: ObjectiveConfig, layout: Layout) -> None:

@@ -101,10 +101,12 @@ class WorldModelModule(L.LightningModule):
         if metrics is not None:
             with torch.no_grad():
                 scored = positions_with_previous(batch)
-                t = select_positions(batch.targets, scored)
-                cut = cut_positions(pred, k - p + scored.start, k - p + scored.stop)
-                decoded = self.codec.decode(cut, t, self._prev_delta(batch, scored, t.current_floats[POSITION_GROUP]))
-                metrics.update(decoded, true_next_frame(t, self.layout), current_frame(t), valid)
+                if scored != pos:  # the delta parameterization's loss also covers position 0
+                    targets = select_positions(batch.targets, scored)
+                    cut = cut_positions(pred, k - p + scored.start, k - p + scored.stop)
+                    prev = self._prev_delta(batch, scored, targets.current_floats[POSITION_GROUP])
+                decoded = self.codec.decode(cut, targets, prev)
+                metrics.update(decoded, true_next_frame(targets, self.layout), current_frame(targets), valid)
         return out
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:

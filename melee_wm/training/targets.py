@@ -24,15 +24,11 @@ from melee_wm.data.dataset import MeleeDataset
 from melee_wm.encoding.layout import Layout, Target
 from melee_wm.eval.frame import NextFrame, positions_with_previous
 from melee_wm.model.heads import Prediction
+from melee_wm.training.config import regression_groups
 
 RESIDUAL = "residual_over_constant_velocity"
 POSITION_GROUP = "continuous"
 MIN_SCALE = 1e-6  # a column that never changes keeps scale 1 instead of dividing by ~0
-
-
-def regression_groups(layout: Layout) -> list[str]:
-    """Target float groups predicted by regression (DELTA and ABSOLUTE), in layout order."""
-    return [g for g in layout.target_float_groups if layout.float_target(g) in (Target.DELTA, Target.ABSOLUTE)]
 
 
 def xy_columns(layout: Layout) -> Tensor:
@@ -71,9 +67,9 @@ def target_statistics(dataset: MeleeDataset, parameterization: str) -> TargetSta
     layout = dataset.layout
     groups = regression_groups(layout)
     xy = xy_columns(layout).numpy()
-    sums = {g: np.zeros(_width(layout, g)) for g in groups}
-    squares = {g: np.zeros(_width(layout, g)) for g in groups}
-    counts = {g: np.zeros(_width(layout, g)) for g in groups}
+    sums = {g: np.zeros(layout.float_width(g)) for g in groups}
+    squares = {g: np.zeros(layout.float_width(g)) for g in groups}
+    counts = {g: np.zeros(layout.float_width(g)) for g in groups}
     valid_floats = dataset.game_valid_floats.cpu().numpy()
     for game in range(dataset.num_games):
         floats = dataset.shards[int(dataset.game_shard[game])][0]
@@ -107,11 +103,6 @@ def target_statistics(dataset: MeleeDataset, parameterization: str) -> TargetSta
         center[g] = c.tolist()
         scale[g] = np.where(s < MIN_SCALE, 1.0, s).tolist()
     return TargetStats(center, scale)
-
-
-def _width(layout: Layout, group: str) -> int:
-    cols = layout.float_slice(group)
-    return cols.stop - cols.start
 
 
 def loss_positions(batch: Batch, parameterization: str) -> slice:

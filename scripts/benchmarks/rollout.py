@@ -18,11 +18,10 @@ from omegaconf import OmegaConf
 
 from melee_wm.encoding import EncodingConfig, Layout
 from melee_wm.eval.rollout import rollout, rollout_by_rerun
-from melee_wm.training.config import SelfForcingConfig
+from melee_wm.training.config import SelfForcingConfig, regression_groups
 from melee_wm.training.drift import self_forcing_loss
 from melee_wm.training.module import WorldModelModule
 from melee_wm.training.schema import to_container, train_config_from_dict
-from melee_wm.training.targets import regression_groups
 
 from ._common import median_time, record, summary
 from .model import PRESET, synthetic_batch
@@ -35,7 +34,7 @@ SELF_FORCING_STEPS = 3
 
 def unit_stats(layout: Layout) -> dict:
     """Target statistics of centre 0 and scale 1 (the timing does not depend on them)."""
-    widths = {g: layout.float_slice(g).stop - layout.float_slice(g).start for g in regression_groups(layout)}
+    widths = {g: layout.float_width(g) for g in regression_groups(layout)}
     return {"center": {g: [0.0] * w for g, w in widths.items()}, "scale": {g: [1.0] * w for g, w in widths.items()}}
 
 
