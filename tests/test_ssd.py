@@ -47,7 +47,7 @@ def dense_reference(x, dt, A, B, C, state, D):
 def step_loop(x, dt, A, B, C, state, D):
     ys = []
     for t in range(x.shape[1]):
-        y_t, state = ssd_step(x[:, t], dt[:, t], A, B[:, t], C[:, t], state, D)
+        y_t, state, _ = ssd_step(x[:, t], dt[:, t], A, B[:, t], C[:, t], state, D)
         ys.append(y_t)
     return torch.stack(ys, dim=1), state
 
@@ -122,11 +122,11 @@ def test_autocast_bf16_keeps_scan_in_float32():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert torch.is_autocast_enabled("cpu") and (x[0, 0] @ x[0, 0].T).dtype == torch.bfloat16
         y, final = ssd_chunked(x, dt, A, B, C, CHUNK, initial_state=state, D=D)
-        y_step, final_step = ssd_step(x[:, 0], dt[:, 0], A, B[:, 0], C[:, 0], state, D)
+        y_step, final_step, _ = ssd_step(x[:, 0], dt[:, 0], A, B[:, 0], C[:, 0], state, D)
     assert y.dtype == final.dtype == y_step.dtype == final_step.dtype == torch.float32
     torch.testing.assert_close(y, y_ref, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(final, final_ref, rtol=1e-6, atol=1e-6)
-    y0, state0 = ssd_step(x[:, 0], dt[:, 0], A, B[:, 0], C[:, 0], state, D)
+    y0, state0, _ = ssd_step(x[:, 0], dt[:, 0], A, B[:, 0], C[:, 0], state, D)
     torch.testing.assert_close(y_step, y0, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(final_step, state0, rtol=1e-6, atol=1e-6)
 
@@ -194,3 +194,22 @@ def test_final_state_can_be_skipped():
     y_only, none = ssd_chunked(x, dt, A, B, C, CHUNK, initial_state=state, D=D, final_state=False)
     assert final is not None and none is None
     torch.testing.assert_close(y_only, y, rtol=0, atol=1e-12)  # float64 round-off: the two paths may use other kernels
+
+
+@pytest.mark.parametrize("ngroups", [1, 2])
+def test_inplace_steps_carry_the_decay_in_a_scale(ngroups):
+    """In-place steps reuse the state's memory and carry the decay in a per-head scale, folded back in before it
+    underflows (80 frames of these decays force several folds); state * scale and every y equal the scan."""
+    x, dt, A, B, C, state, D = make_inputs(seqlen=80, ngroups=ngroups)
+    y_ref, final_ref = ssd_sequential(x, dt, A, B, C, initial_state=state, D=D)
+    s, scale, ys, folds, addresses = state.clone(), None, [], 0, set()
+    for t in range(x.shape[1]):
+        y_t, s, new_scale = ssd_step(x[:, t], dt[:, t], A, B[:, t], C[:, t], s, D, scale=scale, inplace=True)
+        folds += scale is not None and new_scale is None
+        scale = new_scale
+        ys.append(y_t)
+        addresses.add(s.data_ptr())
+    assert folds > 0 and scale is not None
+    assert len(addresses) == 1  # the first step reorders the head-major state once; later steps update in place
+    torch.testing.assert_close(torch.stack(ys, dim=1), y_ref, **TOL[torch.float64])
+    torch.testing.assert_close(s * scale[..., None, None], final_ref, **TOL[torch.float64])

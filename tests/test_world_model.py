@@ -70,7 +70,7 @@ def flat(pred: Prediction) -> torch.Tensor:
 def flat_state(state) -> torch.Tensor:
     if isinstance(state, torch.Tensor):
         return state.flatten()
-    return torch.cat([t.flatten() for s in state for t in (s.conv, s.ssm)])
+    return torch.cat([t.flatten() for s in state for t in (s.conv, s.resolved().ssm)])
 
 
 @pytest.mark.parametrize(("arch", "cls"), [("mamba2", WorldModel), ("mlp", FrameStackMLP)])

@@ -20,7 +20,7 @@ from melee_wm.model.config import BACKENDS
 from melee_wm.model.cpu_kernels import CausalConvSiluFn, SplitLinear
 from melee_wm.model.fused import load_mamba_ssm
 from melee_wm.model.norm import RMSNormGated
-from melee_wm.model.ssd import scan_dtype, ssd_chunked, ssd_step
+from melee_wm.model.ssd import scan_dtype, ssd_chunked, ssd_step, zero_ssm_state
 
 
 class Mamba2State(NamedTuple):
@@ -28,10 +28,22 @@ class Mamba2State(NamedTuple):
 
     conv: (batch, conv_dim, d_conv), the last d_conv pre-conv xBC inputs, oldest first.
     ssm: (batch, nheads, headdim, d_state), float32 (or wider).
+    ssm_scale: (batch, nheads) or None: the SSM state is ``ssm * ssm_scale[..., None, None]``. Only an in-place
+    ``step`` on CPU sets it (it carries the decay instead of applying it to the whole state every frame); use
+    ``resolved()`` before reading ``ssm`` yourself.
+    Any memory order is valid; ``init_state`` and ``step`` keep both time-major / d_state-major (a permuted view
+    of (batch, d_conv, conv_dim) and (batch, d_state, nheads, headdim) memory), the order the step reads fastest.
     """
 
     conv: Tensor
     ssm: Tensor
+    ssm_scale: Tensor | None = None
+
+    def resolved(self) -> Mamba2State:
+        """The same state with ``ssm_scale`` folded into ``ssm`` (a copy when there is a scale to fold)."""
+        if self.ssm_scale is None:
+            return self
+        return Mamba2State(conv=self.conv, ssm=self.ssm * self.ssm_scale[..., None, None])
 
 
 class Mamba2(nn.Module):
@@ -95,8 +107,8 @@ class Mamba2(nn.Module):
         device = self.in_proj.weight.device if device is None else device
         dtype = self.in_proj.weight.dtype if dtype is None else dtype
         return Mamba2State(
-            conv=torch.zeros(batch, self.conv_dim, self.d_conv, device=device, dtype=dtype),
-            ssm=torch.zeros(
+            conv=torch.zeros(batch, self.d_conv, self.conv_dim, device=device, dtype=dtype).transpose(1, 2),
+            ssm=zero_ssm_state(
                 batch,
                 self.nheads,
                 self.headdim,
@@ -131,11 +143,11 @@ class Mamba2(nn.Module):
             head = torch.stack([(prev[..., t:] * weight[:, : k - 1 - t]).sum(-1) for t in range(min(k - 1, seqlen))], 1)
         gs = self.ngroups * self.d_state
         outs = CausalConvSiluFn.apply(xbc, head, weight, self.conv1d.bias, [self.d_inner, gs, gs])
-        tail = xbc[:, -k:].transpose(1, 2)
+        tail = xbc[:, -k:]  # (batch, <= d_conv, conv_dim)
         if seqlen < k:
-            before = xbc.new_zeros(xbc.shape[0], self.conv_dim, k) if conv_state is None else conv_state
-            tail = torch.cat([before[..., seqlen:].to(xbc.dtype), tail], dim=-1)
-        return outs, tail.contiguous()
+            before = xbc.new_zeros(xbc.shape[0], k, self.conv_dim) if conv_state is None else conv_state.transpose(1, 2)
+            tail = torch.cat([before[:, seqlen:].to(xbc.dtype), tail], dim=1)
+        return outs, tail.contiguous().transpose(1, 2)  # time-major memory, as `step` keeps it
 
     def forward(
         self, u: Tensor, state: Mamba2State | None = None, need_state: bool = True
@@ -144,6 +156,7 @@ class Mamba2(nn.Module):
         Returns (batch, seqlen, d_model) and the state after the last position (None unless ``need_state``:
         training never reads it, and the SSM state is the scan's largest output)."""
         z, xbc, dt = self.in_proj(u)
+        state = None if state is None else state.resolved()
         if self.backend == "mamba_ssm":
             y, new_state = self._forward_mamba_ssm(z, xbc, dt, state, need_state)
         else:
@@ -170,15 +183,20 @@ class Mamba2(nn.Module):
     def step(self, u_t: Tensor, state: Mamba2State, inplace: bool = False) -> tuple[Tensor, Mamba2State]:
         """One position. u_t: (batch, d_model) -> (batch, d_model) and a new state (``state`` is untouched unless
         ``inplace``: then its SSM state is updated in place, for inference loops that drop the old state).
-        Pure PyTorch with every backend (it is the same math on CUDA)."""
-        z, xbc, dt = self.in_proj(u_t)
-        window = torch.cat([state.conv[..., 1:], xbc[..., None].to(state.conv.dtype)], dim=-1)
-        conv = (window * self.conv1d.weight[:, 0]).sum(-1)
+        Pure PyTorch with every backend (it is the same math on CUDA). The new state is time-major / d_state-major
+        in memory (see ``Mamba2State``), which makes the per-frame shift, conv and scan contiguous.
+        """
+        z, xbc, dt = F.linear(u_t, self.in_proj.weight, self.in_proj.bias).split(self.in_proj.sizes, -1)
+        past = state.conv.transpose(1, 2)[:, 1:]  # (batch, d_conv - 1, conv_dim)
+        window = torch.cat([past, xbc[:, None].to(past.dtype)], dim=1)  # (batch, d_conv, conv_dim)
+        conv = (window * self.conv1d.weight[:, 0].T).sum(1)
         if self.conv1d.bias is not None:
             conv = conv + self.conv1d.bias
         x, B, C = self._ssm_inputs(F.silu(conv).to(xbc.dtype))
-        y, ssm_state = ssd_step(x, self._dt(dt), self._A(), B, C, state.ssm, D=self.D, inplace=inplace)
-        return self.out_proj(self.norm(y.flatten(-2), z)), Mamba2State(conv=window, ssm=ssm_state)
+        y, ssm, scale = ssd_step(
+            x, self._dt(dt), self._A(), B, C, state.ssm, D=self.D, scale=state.ssm_scale, inplace=inplace
+        )
+        return self.out_proj(self.norm(y.flatten(-2), z)), Mamba2State(window.transpose(1, 2), ssm, scale)
 
     def _forward_mamba_ssm(
         self, z: Tensor, xbc: Tensor, dt: Tensor, state: Mamba2State | None, need_state: bool
@@ -209,7 +227,7 @@ class Mamba2(nn.Module):
             D=self.D,
             dt_bias=self.dt_bias,
             dt_softplus=True,
-            initial_states=None if state is None else state.ssm,
+            initial_states=None if state is None else state.ssm.contiguous(),  # head-major, as the kernel writes it
             return_final_states=need_state,
         )
         y, ssm_state = scan if need_state else (scan, None)  # upstream returns a pair only with final states

@@ -56,6 +56,18 @@ def stand_in_loss(pred: Prediction, targets: Targets, layout: Layout) -> Tensor:
     return sum(losses)
 
 
+def alternating_medians(fns: dict[str, Callable[[], object]], rounds: int) -> dict[str, float]:
+    """Median wall time in seconds of each function, called in turn once per round (so a busy neighbour slows
+    them alike)."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
 def median_time(fn: Callable[[], object], reps: int) -> float:
     """Median wall time of `reps` calls of `fn`, in seconds."""
     times = []
