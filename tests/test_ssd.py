@@ -213,3 +213,16 @@ def test_inplace_steps_carry_the_decay_in_a_scale(ngroups):
     assert len(addresses) == 1  # the first step reorders the head-major state once; later steps update in place
     torch.testing.assert_close(torch.stack(ys, dim=1), y_ref, **TOL[torch.float64])
     torch.testing.assert_close(s * scale[..., None, None], final_ref, **TOL[torch.float64])
+
+
+@pytest.mark.parametrize("ngroups", [1, 2])
+def test_chunked_final_state_is_stepped_in_place(ngroups):
+    """The scan's final state comes out d_state-major, so a rollout's first in-place step updates it where it
+    lies (no reorder of a state-sized tensor), and the result still equals the sequential recurrence."""
+    x, dt, A, B, C, state, D = make_inputs(seqlen=2 * CHUNK + 3, ngroups=ngroups)
+    y_ref, final_ref = ssd_sequential(x, dt, A, B, C, initial_state=state, D=D)
+    _, mid = ssd_chunked(x[:, :-1], dt[:, :-1], A, B[:, :-1], C[:, :-1], CHUNK, initial_state=state, D=D)
+    y_t, final, scale = ssd_step(x[:, -1], dt[:, -1], A, B[:, -1], C[:, -1], mid, D, inplace=True)
+    assert final.data_ptr() == mid.data_ptr()
+    torch.testing.assert_close(y_t, y_ref[:, -1], **TOL[torch.float64])
+    torch.testing.assert_close(final * scale[..., None, None], final_ref, **TOL[torch.float64])

@@ -236,7 +236,7 @@ def _chunked(
         return x_hm[:, part].transpose(-1, -2) @ Bw
 
     # 3. Pass states between chunks: the state entering chunk k, for every chunk that has one. The last
-    # chunk's contribution feeds only the final state, so it is computed apart (no gradient: no backward).
+    # chunk's contribution feeds only the final state, so it is computed apart, below, and only when asked for.
     chunk_decay = torch.exp(a_cum[..., -1])[..., None, None]  # (b, c, h, 1, 1)
     state = initial_state
     entering = [] if state is None else [state]
@@ -247,9 +247,14 @@ def _chunked(
             state = contribution if state is None else torch.addcmul(contribution, state, chunk_decay[:, k])
             entering.append(state)
     final = None
-    if need_final:
-        last = chunk_states(slice(nchunks - 1, nchunks)).view(batch, nheads, headdim, d_state)
-        final = last if state is None else torch.addcmul(last, state, chunk_decay[:, -1])
+    if need_final:  # the last chunk's contribution, d_state-major as `ssd_step` reads it (no reorder there)
+        rows = per_group * headdim
+        w = to_end[:, -1].reshape(batch, nheads, q).transpose(1, 2)[..., None]  # (b, q, h, 1)
+        xw = (xc[:, -1] * w).view(batch, q, ngroups, rows).transpose(1, 2)  # (b, g, q, rows)
+        last = (Bc[:, -1].transpose(-1, -2) @ xw).transpose(1, 2).contiguous()  # (b, n, g, rows)
+        final = last.view(batch, d_state, nheads, headdim).permute(0, 2, 3, 1)
+        if state is not None:
+            final = final.addcmul_(state, chunk_decay[:, -1])
 
     # 4. Contribution of the entering state to each position: C_i · S_k * exp(a_i).
     if entering:
