@@ -1,7 +1,8 @@
 """The GPU check in one command: `python scripts/gpu_check.py` on a CUDA machine (one GPU, under 8 minutes).
 
 It runs, each as a subprocess with its own time limit, and prints one JSON summary (exit 0 only if all pass):
-1. the `gpu`-marked tests (fused-kernel parity with our pure-PyTorch Mamba-2 block, weight transfer both ways);
+1. the `gpu`-marked tests (fused-kernel parity with our pure-PyTorch Mamba-2 block, weight transfer both ways,
+   in-place recurrent steps continuing either backend's forward);
 2. `scripts/bench.py model_gpu`: bf16 training steps of mamba2_base and mamba2_large, both backends, batch 512,
    K 30 (samples/s, peak memory), and the device-resident loader's gather rate;
 3. a short `experiment=mamba2_base` training on the sample store with the fused backend.

@@ -224,6 +224,27 @@ def test_our_weights_load_into_mamba_ssm_on_gpu():
     assert (out.float() - ref).abs().max() <= 2e-2 * ref.abs().max()
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not _mamba_ssm_available(), reason="needs CUDA and an importable mamba_ssm")
+@pytest.mark.parametrize("backend", ["torch", "mamba_ssm"])
+def test_inplace_steps_on_gpu_continue_the_forward(backend):
+    """On CUDA the in-place step (which multiplies the state by the decay instead of carrying a scale) continues
+    a context run by either backend: context then steps equals one forward over the whole sequence."""
+    cfg = {"d_model": 128, "d_state": 64, "d_conv": 4, "expand": 2, "headdim": 64, "ngroups": 1, "chunk_size": 16}
+    torch.manual_seed(2)
+    block = Mamba2(**cfg, backend=backend).cuda()
+    u = torch.randn(4, 30, cfg["d_model"], device="cuda")
+    with torch.no_grad():
+        full, _ = block(u)
+        _, state = block(u[:, :20])
+        steps = []
+        for t in range(20, 30):
+            y, state = block.step(u[:, t], state, inplace=True)
+            assert state.ssm_scale is None
+            steps.append(y)
+    assert (torch.stack(steps, 1) - full[:, 20:]).abs().max() <= 1e-3 * full.abs().max()
+
+
 @pytest.mark.parametrize("ngroups", [1, 2])
 def test_gated_rmsnorm_gradients(ngroups):
     """The hand-written backward of the gated RMSNorm against finite differences (float64)."""
