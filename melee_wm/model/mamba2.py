@@ -189,9 +189,11 @@ class Mamba2(nn.Module):
         z, xbc, dt = F.linear(u_t, self.in_proj.weight, self.in_proj.bias).split(self.in_proj.sizes, -1)
         past = state.conv.transpose(1, 2)[:, 1:]  # (batch, d_conv - 1, conv_dim)
         window = torch.cat([past, xbc[:, None].to(past.dtype)], dim=1)  # (batch, d_conv, conv_dim)
-        conv = (window * self.conv1d.weight[:, 0].T).sum(1)
-        if self.conv1d.bias is not None:
-            conv = conv + self.conv1d.bias
+        taps = self.conv1d.weight[:, 0].T.contiguous()  # (d_conv, conv_dim), oldest tap first
+        bias = self.conv1d.bias
+        conv = window[:, 0] * taps[0] if bias is None else torch.addcmul(bias, window[:, 0], taps[0])
+        for j in range(1, self.d_conv):  # one fused multiply-add per tap: no (batch, d_conv, conv_dim) product
+            conv = conv.addcmul_(window[:, j], taps[j])
         x, B, C = self._ssm_inputs(F.silu(conv).to(xbc.dtype))
         y, ssm, scale = ssd_step(
             x, self._dt(dt), self._A(), B, C, state.ssm, D=self.D, scale=state.ssm_scale, inplace=inplace
