@@ -70,9 +70,4 @@ def alternating_medians(fns: dict[str, Callable[[], object]], rounds: int) -> di
 
 def median_time(fn: Callable[[], object], reps: int) -> float:
     """Median wall time of `reps` calls of `fn`, in seconds."""
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return alternating_medians({"fn": fn}, reps)["fn"]
