@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from melee_wm.data.batch import build_batch
+from melee_wm.data.batch import ColumnMask, build_batch
 from melee_wm.data.config import DataConfig
 from melee_wm.data.dataset import MeleeDataset
 from melee_wm.encoding.config import EncodingConfig
@@ -16,7 +16,8 @@ from melee_wm.encoding.layout import Layout
 from melee_wm.encoding.missing import invalid_columns
 from melee_wm.eval.action_categories import CATEGORY_NAMES, category_of
 from melee_wm.eval.baselines import score_baselines
-from melee_wm.eval.frame import (
+from melee_wm.eval.frame_metrics import FrameMetrics
+from melee_wm.frames.frame import (
     NextFrame,
     constant_velocity,
     current_frame,
@@ -26,7 +27,6 @@ from melee_wm.eval.frame import (
     select_positions,
     true_next_frame,
 )
-from melee_wm.eval.frame_metrics import ColumnMask, FrameMetrics
 
 LAYOUT = Layout(EncodingConfig())
 

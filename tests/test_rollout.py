@@ -16,17 +16,17 @@ from melee_wm.data.config import DataConfig
 from melee_wm.data.dataset import MeleeDataset
 from melee_wm.encoding.layout import NUM_PLAYERS, STAGE_FIELD, Layout
 from melee_wm.eval.constraints import physical_violations
-from melee_wm.eval.reconstruct import advance_state_age, position, reconstruct_frame
 from melee_wm.eval.rollout import constant_velocity_rollout, persistence_rollout, rollout, rollout_by_rerun
 from melee_wm.eval.rollout_eval import rollout_windows, score_frames
 from melee_wm.eval.stages import STAGES, is_dead_action, outside_blast_zone, stage_table
+from melee_wm.frames.reconstruct import advance_state_age, reconstruct_frame
+from melee_wm.frames.targets import RESIDUAL, TargetCodec, target_statistics
 from melee_wm.model.build import build_model
 from melee_wm.model.config import ModelConfig, load_model_config
 from melee_wm.model.heads import Prediction
 from melee_wm.paths import config_dir
 from melee_wm.training.run import train
 from melee_wm.training.schema import compose_train_config
-from melee_wm.training.targets import RESIDUAL, TargetCodec, target_statistics
 
 CONTEXT, HORIZON = 10, 12
 
@@ -74,7 +74,7 @@ class Oracle(torch.nn.Module):
         return self._at(start, start + floats.shape[1]), start + floats.shape[1]
 
     def step(self, floats_t, ints_t, next_ctrl_t, state, inplace=False):
-        return position(self._at(state, state + 1), 0), state + 1
+        return self._at(state, state + 1).at(0), state + 1
 
 
 @pytest.mark.parametrize("parameterization", ["delta", RESIDUAL])
@@ -106,7 +106,7 @@ def test_reconstruction_advances_state_age_by_rule(codecs, layout, windows):
     oracle = Oracle(codec, floats, ints)
     t = CONTEXT
     next_f, next_i = reconstruct_frame(
-        position(oracle(floats, ints, None)[0], t),
+        oracle(floats, ints, None)[0].at(t),
         codec,
         floats[:, t],
         ints[:, t],
@@ -164,7 +164,7 @@ def hand_made(layout: Layout) -> tuple[torch.Tensor, torch.Tensor]:
 
 def test_baselines_on_a_hand_made_sequence(layout):
     floats, ints = hand_made(layout)
-    xy = torch.tensor([layout.player_float_index(p, c) for p in range(NUM_PLAYERS) for c in ("x", "y")])
+    xy = torch.tensor(layout.position_columns)
     valid_f, valid_i = torch.ones(1, layout.num_floats, dtype=bool), torch.ones(1, layout.num_ints, dtype=bool)
     true_f, true_i, last_f, last_i = floats[:, 3:], ints[:, 3:], floats[:, 2], ints[:, 2]
     pers = score_frames(layout, *persistence_rollout(floats, ints, 3), true_f, true_i, last_f, last_i, valid_f, valid_i)

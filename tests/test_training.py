@@ -320,8 +320,8 @@ def test_missing_fields_are_masked_out_of_the_loss(sample_store):
     assert not batch.valid_floats[0, windows.layout.float_slice("velocity")].any()
     assert batch.valid_floats[1].all()
     cfg = train_config_from_dict(compose_train_config(["experiment=smoke", "data.context_len=10"]))
+    from melee_wm.frames.targets import target_statistics
     from melee_wm.training.run import to_container
-    from melee_wm.training.targets import target_statistics
 
     module = WorldModelModule(
         to_container(cfg), target_statistics(windows, cfg.objective.position_parameterization).to_dict()
@@ -345,7 +345,7 @@ def test_missing_fields_are_masked_out_of_the_loss(sample_store):
 
 def test_target_statistics_skip_missing_fields(sample_store):
     windows = MeleeDataset.from_store(sample_store, "all", DataConfig(val_fraction=0.0))
-    from melee_wm.training.targets import target_statistics
+    from melee_wm.frames.targets import target_statistics
 
     stats = target_statistics(windows, "delta")
     # Velocity deltas from the games that record them only: none of the scales is the floor value 1.

@@ -15,9 +15,8 @@ from typing import TypeVar
 import torch
 from torch import Tensor
 
-from melee_wm.encoding.layout import NUM_PLAYERS, Layout, Target
+from melee_wm.encoding.layout import NUM_PLAYERS, POSITION_FIELDS, Layout, Target
 
-XY_FIELDS = ("x", "y")
 T = TypeVar("T")
 
 
@@ -80,6 +79,33 @@ class Batch(_TensorTree):
         return next(iter(self.targets.categorical.values())).shape[1]
 
 
+@dataclass
+class ColumnMask:
+    """Which entries of a batch hold data, per window (broadcast over positions); absent keys are all valid.
+
+    floats: group -> (B, 1, width) bool; categorical: field -> (B, 1, 2) bool.
+    """
+
+    floats: dict[str, Tensor]
+    categorical: dict[str, Tensor]
+
+    @classmethod
+    def of_batch(cls, batch: Batch, layout: Layout) -> ColumnMask | None:
+        """The mask of a `Batch`'s windows (from its `valid_floats` / `valid_ints`), None when it has none."""
+        if batch.valid_floats is None:
+            return None
+        return cls.from_columns(layout, batch.valid_floats, batch.valid_ints)
+
+    @classmethod
+    def from_columns(cls, layout: Layout, float_valid: Tensor, int_valid: Tensor) -> ColumnMask:
+        """From per-window column validity: float_valid (B, num_floats) and int_valid (B, num_ints) bool (e.g. the
+        negation of `melee_wm.encoding.missing.invalid_columns` of each window's game)."""
+        return cls(
+            floats={g: float_valid[:, None, layout.float_slice(g)] for g in layout.target_float_groups},
+            categorical={f: int_valid[:, None, layout.int_slice(f)] for f in layout.categorical_targets},
+        )
+
+
 def build_batch(window_floats: Tensor, window_ints: Tensor, layout: Layout, num_positions: int) -> Batch:
     """Split gathered windows into context and targets, on whatever device they live on.
 
@@ -111,17 +137,10 @@ def build_batch(window_floats: Tensor, window_ints: Tensor, layout: Layout, num_
     )
 
 
-def xy_index(layout: Layout, group: str = "continuous") -> Tensor:
-    """(2 players, 2 coords) positions of the x and y columns inside a float group's slice."""
-    start = layout.float_slice(group).start
-    return torch.tensor(
-        [[layout.float_index(f"p{p}.{c}") - start for c in XY_FIELDS] for p in range(NUM_PLAYERS)], dtype=torch.long
-    )
-
-
 def select_xy(group_values: Tensor, layout: Layout) -> Tensor:
-    """group_values: (..., width) of the `continuous` group -> (..., 2 players, 2 coords) x and y."""
-    return group_values[..., xy_index(layout).to(group_values.device)]
+    """group_values: (..., width) of `layout.position_group` -> (..., 2 players, 2 coords) x and y."""
+    xy = torch.tensor(layout.position_offsets, device=group_values.device)
+    return group_values[..., xy].unflatten(-1, (NUM_PLAYERS, len(POSITION_FIELDS)))
 
 
 def next_values(layout: Layout, group: str, values: Tensor, current: Tensor) -> Tensor:

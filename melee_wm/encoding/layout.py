@@ -54,6 +54,8 @@ INT_FIELDS: dict[str, tuple[str, bool]] = {
     "last_attack": ("last_attack_vocab", True),
 }
 STAGE_FIELD = "stage"
+POSITION_GROUP = "continuous"  # the float group that holds each player's x and y
+POSITION_FIELDS = ("x", "y")
 
 
 @dataclass(frozen=True)
@@ -79,7 +81,7 @@ class Layout:
             STICK_FIELDS + tuple(f"button_{b}" for b in cfg.buttons) + tuple(n for n, _, _ in STICK_THRESHOLD_FEATURES)
         )
         self.float_groups_fields: dict[str, tuple[tuple[str, ...], Target | None]] = {
-            "continuous": (CONTINUOUS_FIELDS, Target.DELTA),
+            POSITION_GROUP: (CONTINUOUS_FIELDS, Target.DELTA),
             "velocity": (VELOCITY_FIELDS, Target.DELTA),
             "dynamics": (DYNAMICS_FIELDS, Target.ABSOLUTE),
             "binary": (binary, Target.BINARY),
@@ -108,6 +110,7 @@ class Layout:
         self.int_columns: tuple[Column, ...] = tuple(ints)
         self._float_index = {c.name: c.index for c in floats}
         self._int_index = {c.name: c.index for c in ints}
+        self.position_group = POSITION_GROUP
 
     @property
     def num_floats(self) -> int:
@@ -166,6 +169,22 @@ class Layout:
     def target_float_groups(self) -> list[str]:
         """Float groups that are predicted (everything but the controller inputs)."""
         return [g for g in self._float_slices if self.float_target(g) is not None]
+
+    @property
+    def regression_groups(self) -> list[str]:
+        """Target float groups predicted by regression (DELTA and ABSOLUTE), in layout order."""
+        return [g for g in self.target_float_groups if self.float_target(g) in (Target.DELTA, Target.ABSOLUTE)]
+
+    @property
+    def position_columns(self) -> list[int]:
+        """Float columns of x and y of both players, player-major: p0.x, p0.y, p1.x, p1.y."""
+        return [self.player_float_index(p, c) for p in range(NUM_PLAYERS) for c in POSITION_FIELDS]
+
+    @property
+    def position_offsets(self) -> list[int]:
+        """`position_columns` as offsets inside `position_group`'s slice (p0.x, p0.y, p1.x, p1.y)."""
+        start = self.float_slice(self.position_group).start
+        return [c - start for c in self.position_columns]
 
     def int_slice(self, field: str) -> slice:
         """Int columns of `field` (both players, or the single `stage` column)."""

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import torch
 
+from melee_wm.data.batch import ColumnMask
 from melee_wm.data.dataset import MeleeDataset
-from melee_wm.eval.frame import (
+from melee_wm.eval.frame_metrics import FrameMetrics
+from melee_wm.frames.frame import (
     constant_velocity,
     current_frame,
     positions_with_previous,
@@ -15,7 +17,6 @@ from melee_wm.eval.frame import (
     select_positions,
     true_next_frame,
 )
-from melee_wm.eval.frame_metrics import ColumnMask, FrameMetrics
 
 BASELINES = ("persistence", "constant_velocity")
 

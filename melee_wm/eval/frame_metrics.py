@@ -8,48 +8,17 @@ Entries a `ColumnMask` marks invalid (fields the game's replay format lacks) are
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-from melee_wm.data.batch import Batch, select_xy
+from melee_wm.data.batch import ColumnMask, select_xy
 from melee_wm.encoding.layout import NUM_PLAYERS, Layout
 from melee_wm.eval.action_categories import CATEGORY_NAMES, category_of
-from melee_wm.eval.frame import (
-    NextFrame,
-)
 from melee_wm.eval.metrics import ChangeAccuracy, PositionMAE
+from melee_wm.frames.frame import NextFrame
 
 BINARY_THRESHOLD = 0.5  # a binary value counts as 1 from here up (so probabilities can be scored too)
-
-
-@dataclass
-class ColumnMask:
-    """Which entries of a batch hold data, per window (broadcast over positions); absent keys are all valid.
-
-    floats: group -> (B, 1, width) bool; categorical: field -> (B, 1, 2) bool.
-    """
-
-    floats: dict[str, Tensor]
-    categorical: dict[str, Tensor]
-
-    @classmethod
-    def of_batch(cls, batch: Batch, layout: Layout) -> ColumnMask | None:
-        """The mask of a `Batch`'s windows (from its `valid_floats` / `valid_ints`), None when it has none."""
-        if batch.valid_floats is None:
-            return None
-        return cls.from_columns(layout, batch.valid_floats, batch.valid_ints)
-
-    @classmethod
-    def from_columns(cls, layout: Layout, float_valid: Tensor, int_valid: Tensor) -> ColumnMask:
-        """From per-window column validity: float_valid (B, num_floats) and int_valid (B, num_ints) bool (e.g. the
-        negation of `melee_wm.encoding.missing.invalid_columns` of each window's game)."""
-        return cls(
-            floats={g: float_valid[:, None, layout.float_slice(g)] for g in layout.target_float_groups},
-            categorical={f: int_valid[:, None, layout.int_slice(f)] for f in layout.categorical_targets},
-        )
 
 
 class MaskedMean(Metric):
@@ -93,7 +62,8 @@ class FrameMetrics(torch.nn.Module):
         self.layout = layout
         cfg = layout.cfg
         self.percent_scale, self.velocity_scale = cfg.percent_scale, cfg.velocity_scale
-        start = layout.float_slice("continuous").start
+        self.group = layout.position_group  # x, y and percent of both players
+        start = layout.float_slice(self.group).start
         self.percent_cols = [layout.player_float_index(p, "percent") - start for p in range(NUM_PLAYERS)]
         self.register_buffer("categories", category_of(layout.int_vocab("action")), persistent=False)
         self.change = ChangeAccuracy()
@@ -123,8 +93,8 @@ class FrameMetrics(torch.nn.Module):
         in_category = torch.nn.functional.one_hot(self.categories[act_true.reshape(-1)], len(CATEGORY_NAMES)).bool()
         self.action_category.update(hit.reshape(-1, 1).expand_as(in_category), in_category & act_ok.reshape(-1, 1))
 
-        cont_pred, cont_true = pred.floats["continuous"], true.floats["continuous"]
-        cont_ok = ok(cont_true, "floats", "continuous")
+        cont_pred, cont_true = pred.floats[self.group], true.floats[self.group]
+        cont_ok = ok(cont_true, "floats", self.group)
         xy_pred, xy_true, xy_ok = (select_xy(v, self.layout) for v in (cont_pred, cont_true, cont_ok))
         if valid is not None:  # PositionMAE has no mask: keep the (frame) rows whose four x/y entries are valid
             keep = xy_ok.all(-1).all(-1)

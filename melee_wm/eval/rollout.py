@@ -11,16 +11,12 @@ them, or the last `window`), as a model without a carried state would have to. W
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 from torch import Tensor
 
-from melee_wm.eval.reconstruct import position, reconstruct_frame
+from melee_wm.frames.reconstruct import reconstruct_frame
+from melee_wm.frames.targets import TargetCodec
 from melee_wm.model.interface import WorldModelInterface
-
-if TYPE_CHECKING:
-    from melee_wm.training.targets import TargetCodec
 
 
 def _check(floats: Tensor, ints: Tensor, context: int) -> int:
@@ -48,7 +44,7 @@ def rollout(
     horizon = _check(floats, ints, context)
     ctrl = floats[..., codec.layout.float_slice("controller")]
     pred, state = net(floats[:, :context], ints[:, :context], ctrl[:, 1 : context + 1], need_state=True)
-    step_pred = position(pred, -1)
+    step_pred = pred.at(-1)
     prev, cur_f, cur_i = floats[:, context - 2], floats[:, context - 1], ints[:, context - 1]
     out_f, out_i = [], []
     for h in range(horizon):
@@ -79,9 +75,7 @@ def rollout_by_rerun(
         end = context + h  # frames 0..end-1 are known; predict frame `end`
         lo = 0 if window is None else max(0, end - window)
         pred, _ = net(seq_f[:, lo:], seq_i[:, lo:], ctrl[:, lo + 1 : end + 1], need_state=False)
-        next_f, next_i = reconstruct_frame(
-            position(pred, -1), codec, seq_f[:, -1], seq_i[:, -1], seq_f[:, -2], ctrl[:, end]
-        )
+        next_f, next_i = reconstruct_frame(pred.at(-1), codec, seq_f[:, -1], seq_i[:, -1], seq_f[:, -2], ctrl[:, end])
         seq_f = torch.cat([seq_f, next_f[:, None]], 1)
         seq_i = torch.cat([seq_i, next_i[:, None]], 1)
     return seq_f[:, context:], seq_i[:, context:]

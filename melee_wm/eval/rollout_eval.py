@@ -16,7 +16,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -28,10 +28,8 @@ from melee_wm.encoding.config import EncodingConfig
 from melee_wm.encoding.layout import NUM_PLAYERS, Layout
 from melee_wm.eval.constraints import VIOLATIONS, physical_violations
 from melee_wm.eval.rollout import constant_velocity_rollout, persistence_rollout, rollout
+from melee_wm.frames.targets import TargetCodec
 from melee_wm.model.interface import WorldModelInterface
-
-if TYPE_CHECKING:
-    from melee_wm.training.targets import TargetCodec
 
 SUMMARY_RANGES = ((1, 5), (1, 10), (1, 20))
 METRICS = ("pos_mae", "vel_mae", "percent_mae", "action_acc", "change_acc")
@@ -97,7 +95,7 @@ def score_frames(
     def cols(*fields: str) -> list[int]:
         return [layout.player_float_index(p, f) for p in range(NUM_PLAYERS) for f in fields]
 
-    xy, percent = cols("x", "y"), cols("percent")
+    xy, percent = layout.position_columns, cols("percent")
     add("pos_mae", (pred_f[..., xy] - true_f[..., xy]).abs() / cfg.position_scale, vf[..., xy])
     vel = layout.float_slice("velocity")
     add("vel_mae", (pred_f[..., vel] - true_f[..., vel]).abs() / cfg.velocity_scale, vf[..., vel])
@@ -230,7 +228,7 @@ def evaluate_rollouts(
     device = next(codec.buffers()).device
     horizon = windows.cfg.window_len - context
     starts = draw_starts(len(windows), samples, seed)
-    xy = torch.tensor([layout.player_float_index(p, c) for p in range(NUM_PLAYERS) for c in ("x", "y")], device=device)
+    xy = torch.tensor(layout.position_columns, device=device)
     was_training = net.training
     net.eval()
     sums: dict[str, RolloutSums] = {}

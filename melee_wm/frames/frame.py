@@ -11,9 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TypeVar
 
+import torch
 from torch import Tensor
 
-from melee_wm.data.batch import Batch, Targets, map_tensors, next_values, xy_index
+from melee_wm.data.batch import Batch, Targets, map_tensors, next_values
 from melee_wm.encoding.layout import Layout
 
 T = TypeVar("T")
@@ -49,19 +50,20 @@ def constant_velocity(targets: Targets, previous_continuous: Tensor, layout: Lay
     """Constant-velocity baseline: each player's x and y continue their last per-frame change,
     pos[t+1] = pos[t] + (pos[t] - pos[t-1]); every other field persists.
 
-    previous_continuous: (..., width of the `continuous` group) frame t - 1, matching the targets' (...) shape.
+    previous_continuous: (..., width of `layout.position_group`) frame t - 1, matching the targets' (...) shape.
     """
     frame = current_frame(targets)
-    current = frame.floats["continuous"]
+    group = layout.position_group
+    current = frame.floats[group]
     if previous_continuous.shape != current.shape:
         raise ValueError(
             f"constant_velocity: previous_continuous must match the current continuous values' shape "
             f"{tuple(current.shape)}, got {tuple(previous_continuous.shape)}"
         )
-    xy = xy_index(layout).reshape(-1).to(current.device)  # columns of x and y of both players in the group
+    xy = torch.tensor(layout.position_offsets, device=current.device)
     continuous = current.clone()
     continuous[..., xy] = 2 * current[..., xy] - previous_continuous[..., xy]
-    frame.floats["continuous"] = continuous
+    frame.floats[group] = continuous
     return frame
 
 
@@ -73,7 +75,7 @@ def positions_with_previous(batch: Batch) -> slice:
 
 
 def previous_continuous(batch: Batch, layout: Layout, positions: slice) -> Tensor:
-    """(B, P', width) `continuous` values of frame t - 1 for the target positions `positions` (step 1, each
+    """(B, P', width) `layout.position_group` values of frame t - 1 for the target positions `positions` (step 1, each
     with t >= 1, e.g. `positions_with_previous(batch)`), taken from the context `batch.floats`."""
     k, p = batch.floats.shape[1], batch.num_positions
     picked = range(p)[positions]
@@ -82,7 +84,7 @@ def previous_continuous(batch: Batch, layout: Layout, positions: slice) -> Tenso
             f"previous_continuous: positions {positions} must be consecutive and have t >= 1 (K={k}, P={p})"
         )
     rows = slice(k - p + picked.start - 1, k - p + picked.stop - 1)
-    return batch.floats[:, rows, layout.float_slice("continuous")]
+    return batch.floats[:, rows, layout.float_slice(layout.position_group)]
 
 
 def select_positions(obj: T, positions: slice) -> T:

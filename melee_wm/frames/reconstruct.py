@@ -17,18 +17,14 @@ model exactly the same frames. Every column comes from the layout by name:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 from torch import Tensor
 
 from melee_wm.data.batch import Targets
 from melee_wm.encoding.layout import NUM_PLAYERS, Layout
-from melee_wm.eval.frame import NextFrame
+from melee_wm.frames.frame import NextFrame
+from melee_wm.frames.targets import TargetCodec
 from melee_wm.model.heads import Prediction
-
-if TYPE_CHECKING:  # training imports this module (self-forcing); a runtime import back would be a cycle
-    from melee_wm.training.targets import TargetCodec
 
 RESET_STATE_AGE = 0.0  # frames: state age of the first frame of a new action (the most common value, see above)
 
@@ -91,18 +87,9 @@ def reconstruct_frame(
     )
     prev_delta = None  # frame t - t-1 of the position group: the residual parameterization's input (else unused)
     if prev_floats_t is not None:
-        cols = layout.float_slice("continuous")
+        cols = layout.float_slice(layout.position_group)
         prev_delta = floats_t[..., cols] - prev_floats_t[..., cols]
     next_frame = codec.decode(pred, current, prev_delta)
     if true_ints is not None:
         next_frame.categorical = {f: true_ints[..., layout.int_slice(f)] for f in layout.categorical_targets}
     return frame_from_next(next_frame, layout, floats_t, ints_t, next_ctrl_t)
-
-
-def position(pred: Prediction, index: int) -> Prediction:
-    """Predictions (B, L, ...) at one position `index` -> (B, ...)."""
-    return Prediction(
-        floats={g: v[:, index] for g, v in pred.floats.items()},
-        categorical={f: v[:, index] for f, v in pred.categorical.items()},
-        unimix=pred.unimix,
-    )

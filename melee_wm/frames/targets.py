@@ -19,21 +19,14 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from melee_wm.data.batch import Batch, Targets, xy_index
+from melee_wm.data.batch import Batch, Targets
 from melee_wm.data.dataset import MeleeDataset
 from melee_wm.encoding.layout import Layout, Target
-from melee_wm.eval.frame import NextFrame, positions_with_previous
+from melee_wm.frames.frame import NextFrame, positions_with_previous
 from melee_wm.model.heads import Prediction
-from melee_wm.training.config import regression_groups
 
 RESIDUAL = "residual_over_constant_velocity"
-POSITION_GROUP = "continuous"
 MIN_SCALE = 1e-6  # a column that never changes keeps scale 1 instead of dividing by ~0
-
-
-def xy_columns(layout: Layout) -> Tensor:
-    """(4,) positions of p0.x, p0.y, p1.x, p1.y inside the continuous group."""
-    return xy_index(layout, POSITION_GROUP).flatten()
 
 
 @dataclass
@@ -65,8 +58,8 @@ def target_statistics(dataset: MeleeDataset, parameterization: str) -> TargetSta
     Frames of a game whose replay format lacks a column's field are left out of that column's statistics.
     """
     layout = dataset.layout
-    groups = regression_groups(layout)
-    xy = xy_columns(layout).numpy()
+    groups = layout.regression_groups
+    xy = layout.position_offsets
     sums = {g: np.zeros(layout.float_width(g)) for g in groups}
     squares = {g: np.zeros(layout.float_width(g)) for g in groups}
     counts = {g: np.zeros(layout.float_width(g)) for g in groups}
@@ -82,7 +75,7 @@ def target_statistics(dataset: MeleeDataset, parameterization: str) -> TargetSta
             values = rows[:, cols]
             if layout.float_target(g) == Target.DELTA:
                 values = np.diff(values, axis=0)
-                if g == POSITION_GROUP and parameterization == RESIDUAL:
+                if g == layout.position_group and parameterization == RESIDUAL:
                     values = values[1:].copy()
                     values[:, xy] = np.diff(np.diff(rows[:, cols][:, xy], axis=0), axis=0)
             else:
@@ -121,12 +114,12 @@ class TargetCodec(nn.Module):
     def __init__(self, layout: Layout, stats: TargetStats, parameterization: str) -> None:
         super().__init__()
         self.layout = layout
-        self.groups = regression_groups(layout)
+        self.groups = layout.regression_groups
         self.parameterization = parameterization
         for g in self.groups:
             self.register_buffer(f"center_{g}", torch.tensor(stats.center[g], dtype=torch.float32))
             self.register_buffer(f"scale_{g}", torch.tensor(stats.scale[g], dtype=torch.float32))
-        self.register_buffer("xy", xy_columns(layout), persistent=False)
+        self.register_buffer("xy", torch.tensor(layout.position_offsets), persistent=False)
 
     def _stats(self, group: str) -> tuple[Tensor, Tensor]:
         return getattr(self, f"center_{group}"), getattr(self, f"scale_{group}")
@@ -149,7 +142,7 @@ class TargetCodec(nn.Module):
         out = {}
         for g in self.groups:
             raw = targets.floats[g]
-            if g == POSITION_GROUP and self._residual():
+            if g == self.layout.position_group and self._residual():
                 raw = raw.clone()
                 raw[..., self.xy] -= prev_delta[..., self.xy]
             center, scale = self._stats(g)
@@ -165,7 +158,7 @@ class TargetCodec(nn.Module):
             out = pred.floats[g].float()
             if g in self.groups:
                 raw = self.destandardize(g, out)
-                if g == POSITION_GROUP and self._residual():
+                if g == self.layout.position_group and self._residual():
                     raw = raw.clone()
                     raw[..., self.xy] += prev_delta[..., self.xy]
                 is_delta = self.layout.float_target(g) == Target.DELTA

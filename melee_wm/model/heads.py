@@ -34,6 +34,15 @@ class Prediction:
     categorical: dict[str, Tensor]
     unimix: float = 0.0
 
+    def at(self, index: int | slice) -> Prediction:
+        """Predictions (B, L, ...) at one position `index` -> (B, ...), or at the positions of a slice ->
+        (B, L', ...)."""
+        return Prediction(
+            floats={g: v[:, index] for g, v in self.floats.items()},
+            categorical={f: v[:, index] for f, v in self.categorical.items()},
+            unimix=self.unimix,
+        )
+
     def log_probs(self, field: str) -> Tensor:
         """(..., 2, vocab) log of (1 - unimix) * softmax(logits) + unimix / vocab."""
         logp = F.log_softmax(self.categorical[field], dim=-1)

@@ -11,8 +11,8 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, RichProgressBar
 
-from melee_wm.eval.rollout_callback import RolloutEvalCallback
 from melee_wm.training.config import TrainConfig
+from melee_wm.training.rollout_callback import RolloutEvalCallback
 
 HISTORY_FILE = "history.json"
 ROLLOUT_DIR = "rollout"  # rollout evaluations of the run: rollout/epoch=NNN/

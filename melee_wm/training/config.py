@@ -13,7 +13,7 @@ from omegaconf import MISSING
 
 from melee_wm.data.config import DataConfig
 from melee_wm.encoding.config import EncodingConfig
-from melee_wm.encoding.layout import Layout, Target
+from melee_wm.encoding.layout import Layout
 from melee_wm.model.config import ModelConfig
 
 REGRESSION_LOSSES = ("mse", "l1", "huber", "symlog_mse")
@@ -69,14 +69,9 @@ class ObjectiveConfig:
             _fail("objective", "action_change_weight", f"must be >= 0, got {self.action_change_weight}")
 
 
-def regression_groups(layout: Layout) -> list[str]:
-    """Target float groups predicted by regression (DELTA and ABSOLUTE), in layout order."""
-    return [g for g in layout.target_float_groups if layout.float_target(g) in (Target.DELTA, Target.ABSOLUTE)]
-
-
 def loss_groups(layout: Layout) -> tuple[list[str], list[str]]:
     """(regression groups, every weighted name): the names `ObjectiveConfig` may use for this layout."""
-    return regression_groups(layout), [*layout.target_float_groups, *layout.categorical_targets]
+    return layout.regression_groups, [*layout.target_float_groups, *layout.categorical_targets]
 
 
 def check_objective_names(objective: ObjectiveConfig, layout: Layout) -> None:
@@ -201,7 +196,7 @@ class CheckpointConfig:
 
 @dataclass
 class RolloutConfig:
-    """Rollout evaluation during training (`melee_wm/eval/rollout_callback.py`): every `every_n_val_epochs`
+    """Rollout evaluation during training (`melee_wm/training/rollout_callback.py`): every `every_n_val_epochs`
     validations, `samples` seeded starts in the val games rolled out `horizon` frames; its summaries
     (`rollout/pos_mae_h1_5`, ...) can be `checkpoint.monitor`. Results and pictures go to <run_dir>/rollout/."""
 

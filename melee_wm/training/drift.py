@@ -23,16 +23,15 @@ import math
 
 import torch
 
-from melee_wm.data.batch import Batch, Targets
+from melee_wm.data.batch import Batch, ColumnMask, Targets
 from melee_wm.encoding.layout import Layout, Target
-from melee_wm.eval.frame import select_positions, true_next_frame
-from melee_wm.eval.frame_metrics import ColumnMask
-from melee_wm.eval.reconstruct import position, reconstruct_frame
+from melee_wm.frames.frame import select_positions, true_next_frame
+from melee_wm.frames.reconstruct import reconstruct_frame
+from melee_wm.frames.targets import RESIDUAL, TargetCodec
 from melee_wm.model.heads import Prediction
 from melee_wm.model.interface import WorldModelInterface
 from melee_wm.training.config import ContextNoiseConfig, DriftConfig, SelfForcingConfig
 from melee_wm.training.loss import LossOutput, WorldModelLoss
-from melee_wm.training.targets import POSITION_GROUP, RESIDUAL, TargetCodec
 
 
 def add_context_noise(batch: Batch, layout: Layout, cfg: ContextNoiseConfig) -> Batch:
@@ -80,7 +79,7 @@ def self_forcing_loss(
     start = k - steps  # context index of the first fed-back frame
     floats, ints, ctrl = batch.floats, batch.ints, batch.next_ctrl
     pred, state = net(floats[:, :start], ints[:, :start], ctrl[:, :start], need_state=True)
-    step_pred = position(pred, -1)  # predicts frame `start`
+    step_pred = pred.at(-1)  # predicts frame `start`
     prev_f, cur_f, cur_i = floats[:, start - 2], floats[:, start - 1], ints[:, start - 1]
     preds, fed_f, fed_i, before = [], [], [], []
     for t in range(start, k):
@@ -108,7 +107,7 @@ def self_forcing_loss(
     )
     prev_delta = None
     if codec.parameterization == RESIDUAL:
-        cols = layout.float_slice(POSITION_GROUP)
+        cols = layout.float_slice(layout.position_group)
         prev_delta = fed_f[..., cols] - before[..., cols]
     return loss_fn(
         stack_predictions(preds), codec.encode(targets, prev_delta), targets, ColumnMask.of_batch(batch, layout)

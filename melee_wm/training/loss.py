@@ -15,9 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from melee_wm.data.batch import Targets
+from melee_wm.data.batch import ColumnMask, Targets
 from melee_wm.encoding.layout import Layout
-from melee_wm.eval.frame_metrics import ColumnMask
 from melee_wm.model.heads import Prediction
 from melee_wm.training.config import ObjectiveConfig, loss_groups
 

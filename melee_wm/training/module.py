@@ -15,33 +15,23 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from melee_wm.data.batch import Batch
+from melee_wm.data.batch import Batch, ColumnMask
 from melee_wm.encoding.layout import Layout
-from melee_wm.eval.frame import (
+from melee_wm.eval.frame_metrics import FrameMetrics
+from melee_wm.frames.frame import (
     current_frame,
     positions_with_previous,
     previous_continuous,
     select_positions,
     true_next_frame,
 )
-from melee_wm.eval.frame_metrics import ColumnMask, FrameMetrics
+from melee_wm.frames.targets import RESIDUAL, TargetCodec, TargetStats
 from melee_wm.model.build import build_model
-from melee_wm.model.heads import Prediction
 from melee_wm.training.config import TrainConfig
 from melee_wm.training.drift import DriftTraining
 from melee_wm.training.loss import LossOutput, WorldModelLoss
 from melee_wm.training.optim import build_optimizer
 from melee_wm.training.schema import train_config_from_dict
-from melee_wm.training.targets import POSITION_GROUP, RESIDUAL, TargetCodec, TargetStats
-
-
-def cut_positions(pred: Prediction, start: int, stop: int) -> Prediction:
-    """Predictions (B, K, ...) restricted to context positions start..stop-1."""
-    return Prediction(
-        floats={g: v[:, start:stop] for g, v in pred.floats.items()},
-        categorical={f: v[:, start:stop] for f, v in pred.categorical.items()},
-        unimix=pred.unimix,
-    )
 
 
 def zero_output_layer(net: torch.nn.Module) -> None:
@@ -95,16 +85,16 @@ class WorldModelModule(L.LightningModule):
         valid = ColumnMask.of_batch(batch, self.layout)
         pos = self.codec.positions(batch)
         targets = select_positions(batch.targets, pos)
-        prev = self._prev_delta(batch, pos, targets.current_floats[POSITION_GROUP])
-        cut = cut_positions(pred, k - p + pos.start, k - p + pos.stop)
+        prev = self._prev_delta(batch, pos, targets.current_floats[self.layout.position_group])
+        cut = pred.at(slice(k - p + pos.start, k - p + pos.stop))
         out = self.loss_fn(cut, self.codec.encode(targets, prev), targets, valid)
         if metrics is not None:
             with torch.no_grad():
                 scored = positions_with_previous(batch)
                 if scored != pos:  # the delta parameterization's loss also covers position 0
                     targets = select_positions(batch.targets, scored)
-                    cut = cut_positions(pred, k - p + scored.start, k - p + scored.stop)
-                    prev = self._prev_delta(batch, scored, targets.current_floats[POSITION_GROUP])
+                    cut = pred.at(slice(k - p + scored.start, k - p + scored.stop))
+                    prev = self._prev_delta(batch, scored, targets.current_floats[self.layout.position_group])
                 decoded = self.codec.decode(cut, targets, prev)
                 metrics.update(decoded, true_next_frame(targets, self.layout), current_frame(targets), valid)
         return out

@@ -11,16 +11,13 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 
 from melee_wm.eval.pictures import save_pictures
-from melee_wm.eval.rollout_eval import evaluate_rollouts, rollout_windows, save_report
-
-if TYPE_CHECKING:  # training.callbacks imports this module
-    from melee_wm.training.config import RolloutConfig
+from melee_wm.eval.rollout_eval import RolloutReport, evaluate_rollouts, rollout_windows, save_report
+from melee_wm.training.config import RolloutConfig
 
 
 class RolloutEvalCallback(Callback):
@@ -68,7 +65,7 @@ class RolloutEvalCallback(Callback):
         if self.last:
             pl_module.log_dict(self.last, sync_dist=False)
 
-    def _write(self, trainer: L.Trainer, pl_module: L.LightningModule, report) -> None:
+    def _write(self, trainer: L.Trainer, pl_module: L.LightningModule, report: RolloutReport) -> None:
         folder = self.out_dir / f"epoch={trainer.current_epoch:03d}"
         report.meta = {"epoch": trainer.current_epoch, "global_step": trainer.global_step, "split": "val"}
         save_report(report, folder)

@@ -21,7 +21,7 @@ from omegaconf import OmegaConf
 
 from melee_wm.encoding import EncodingConfig, Layout
 from melee_wm.eval.rollout import rollout, rollout_by_rerun
-from melee_wm.training.config import RolloutConfig, SelfForcingConfig, regression_groups
+from melee_wm.training.config import RolloutConfig, SelfForcingConfig
 from melee_wm.training.drift import self_forcing_loss
 from melee_wm.training.module import WorldModelModule
 from melee_wm.training.schema import to_container, train_config_from_dict
@@ -38,7 +38,7 @@ TRAIN_BATCH = 64  # the training step's batch for the self-forcing cost (`bench.
 
 def unit_stats(layout: Layout) -> dict:
     """Target statistics of centre 0 and scale 1 (the timing does not depend on them)."""
-    widths = {g: layout.float_width(g) for g in regression_groups(layout)}
+    widths = {g: layout.float_width(g) for g in layout.regression_groups}
     return {"center": {g: [0.0] * w for g, w in widths.items()}, "scale": {g: [1.0] * w for g, w in widths.items()}}
 
 

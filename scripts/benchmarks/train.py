@@ -21,13 +21,13 @@ from melee_wm.data.datamodule import MeleeDataModule
 from melee_wm.data.dataset import MeleeDataset
 from melee_wm.data.store_writer import build_store
 from melee_wm.encoding.config import EncodingConfig
+from melee_wm.frames.targets import target_statistics
 from melee_wm.samples import sample_dir
 from melee_wm.training.callbacks import StopOnNonFiniteLoss
 from melee_wm.training.module import WorldModelModule
 from melee_wm.training.optim import build_optimizer
 from melee_wm.training.run import trainer_kwargs
 from melee_wm.training.schema import compose_train_config, to_container, train_config_from_dict
-from melee_wm.training.targets import target_statistics
 
 from ._common import record, summary
 
