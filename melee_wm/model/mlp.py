@@ -17,10 +17,10 @@ from melee_wm.model.config import ModelConfig
 from melee_wm.model.embedding import FrameEmbedding
 from melee_wm.model.heads import Prediction, PredictionHeads
 from melee_wm.model.norm import RMSNorm
-from melee_wm.model.summary import model_summary
+from melee_wm.model.summary import Summarized
 
 
-class FrameStackMLP(nn.Module):
+class FrameStackMLP(Summarized, nn.Module):
     """Embedded frames t-K'+1..t, concatenated oldest first -> MLP -> RMSNorm -> heads (K' = cfg.mlp_frames)."""
 
     def __init__(self, cfg: ModelConfig, layout: Layout, context_len: int) -> None:
@@ -73,11 +73,3 @@ class FrameStackMLP(nn.Module):
         accepted for the interface and changes nothing (the frame stack is small)."""
         window = torch.cat([state, self.embed(floats_t, ints_t).unsqueeze(1)], dim=1)
         return self.heads(self._mlp(window.flatten(1)), next_ctrl_t, ints_t), window[:, 1:]
-
-    def num_parameters(self) -> int:
-        """Total number of parameters."""
-        return sum(p.numel() for p in self.parameters())
-
-    def summary(self) -> str:
-        """Human-readable description: config, head shapes and parameter counts."""
-        return model_summary(self, self.cfg)

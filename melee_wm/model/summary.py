@@ -29,3 +29,16 @@ def model_summary(model: nn.Module, cfg: ModelConfig) -> str:
     lines.append(f"  params total: {counts['total']:,}")
     lines += [f"  head {line}" for line in model.heads.describe()]
     return "\n".join(lines)
+
+
+class Summarized:
+    """`num_parameters` and `summary` of `WorldModelInterface`, written once for every model (a module with a
+    `cfg: ModelConfig`, an `embed` and `heads`)."""
+
+    def num_parameters(self) -> int:
+        """Total number of parameters."""
+        return sum(p.numel() for p in self.parameters())
+
+    def summary(self) -> str:
+        """Human-readable description: config, head shapes and parameter counts."""
+        return model_summary(self, self.cfg)

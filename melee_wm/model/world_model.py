@@ -17,7 +17,7 @@ from melee_wm.model.fused import resolve_backend
 from melee_wm.model.heads import Prediction, PredictionHeads
 from melee_wm.model.mamba2 import Mamba2, Mamba2State
 from melee_wm.model.norm import RMSNorm
-from melee_wm.model.summary import model_summary
+from melee_wm.model.summary import Summarized
 
 
 def drop_path(x: Tensor, p: float, training: bool) -> Tensor:
@@ -69,7 +69,7 @@ class ResidualBlock(nn.Module):
         return self._add(x, y), state
 
 
-class WorldModel(nn.Module):
+class WorldModel(Summarized, nn.Module):
     """Frame embedding -> input projection -> n_layers residual Mamba-2 blocks -> final norm -> heads."""
 
     def __init__(self, cfg: ModelConfig, layout: Layout) -> None:
@@ -125,11 +125,3 @@ class WorldModel(nn.Module):
             x, s = block.step(x, s, inplace)
             new_states.append(s)
         return self.heads(self.norm(x), next_ctrl_t, ints_t), new_states
-
-    def num_parameters(self) -> int:
-        """Total number of parameters."""
-        return sum(p.numel() for p in self.parameters())
-
-    def summary(self) -> str:
-        """Human-readable description: config, head shapes and parameter counts."""
-        return model_summary(self, self.cfg)
