@@ -28,16 +28,13 @@ class Mamba2State(NamedTuple):
 
     conv: (batch, conv_dim, d_conv), the last d_conv pre-conv xBC inputs, oldest first.
     ssm: (batch, nheads, headdim, d_state), float32 (or wider).
-    ssm_scale: (batch, nheads) or None: the SSM state is ``ssm * ssm_scale[..., None, None]``. Only an in-place
-    ``step`` on CPU sets it (it carries the decay instead of applying it to the whole state every frame); use
-    ``resolved()`` before reading ``ssm`` yourself.
-    Any memory order is valid; ``init_state`` and ``step`` keep both time-major / d_state-major (a permuted view
-    of (batch, d_conv, conv_dim) and (batch, d_state, nheads, headdim) memory), the order the step reads fastest.
+    ssm_scale: (batch, nheads) or None: the SSM state is ``ssm * ssm_scale[..., None, None]``; only an in-place
+    ``step`` on CPU sets it. Use ``resolved()`` before reading ``ssm`` yourself. Any memory order is valid.
     """
 
-    conv: Tensor
-    ssm: Tensor
-    ssm_scale: Tensor | None = None
+    conv: Tensor  # init_state and step keep it time-major (a view of (batch, d_conv, conv_dim)): the step's order
+    ssm: Tensor  # kept d_state-major (a view of (batch, d_state, nheads, headdim)): see ssd_step
+    ssm_scale: Tensor | None = None  # the carried decay: no pass over the whole state every frame
 
     def resolved(self) -> Mamba2State:
         """The same state with ``ssm_scale`` folded into ``ssm`` (a copy when there is a scale to fold)."""

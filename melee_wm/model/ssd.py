@@ -13,6 +13,7 @@ The optional ``D: (nheads,)`` skip term is added in the scan dtype, as mamba_ssm
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -63,14 +64,8 @@ def ssd_step(
     """One recurrent step on the state ``state * scale[..., None, None]`` (``scale`` None means 1).
 
     ``state`` is not modified unless ``inplace`` (the caller gives it up and its memory becomes the new state; no
-    autograd). In place on CPU the frame's decay goes into the returned ``scale`` instead of a pass over the
-    state, so the state is read twice and written once per frame instead of three and two times; the scale is
-    folded back in before it could underflow. Without ``inplace`` (or on CUDA, where the pass is cheap and the
-    underflow check would synchronize) the returned scale is None.
-
-    The new state is d_state-major in memory (as ``zero_ssm_state`` makes it): the update is then one
-    outer-product add and the readout one vector-matrix product over contiguous rows, about twice as fast on CPU
-    as head-major. Any memory order is accepted.
+    autograd). In place on CPU the frame's decay is returned as ``scale``; otherwise the returned scale is None.
+    The new state is d_state-major in memory (as ``zero_ssm_state`` makes it); any memory order is accepted.
 
     x_t: (batch, nheads, headdim); dt_t: (batch, nheads); A: (nheads,); B_t, C_t: (batch, ngroups, d_state);
     state: (batch, nheads, headdim, d_state); scale: (batch, nheads). Returns y_t (x_t's dtype), the new state
@@ -87,11 +82,15 @@ def ssd_step(
         decay = torch.exp(dt * A)  # (batch, nheads)
         if scale is not None:
             decay = decay * scale
+        # d_state-major: the update is one outer-product add and the readout one vector-matrix product over
+        # contiguous rows, about twice as fast on CPU as head-major.
         old = state.permute(0, 3, 1, 2)  # (batch, d_state, nheads, headdim), a view
         reuse = inplace and old.is_contiguous() and old.dtype == cd
         if reuse and not old.is_cuda:
+            # Carry the decay as a scale instead of a pass over the state: read twice and written once per frame
+            # instead of three and two times. On CUDA the pass is cheap and the underflow check would synchronize.
             new, scale = old, decay
-            if bool((scale < RESCALE_BELOW).any()):
+            if bool((scale < RESCALE_BELOW).any()):  # fold the scale in before 1 / scale could overflow
                 new.mul_(scale[:, None, :, None])
                 scale = None
         else:
@@ -187,6 +186,17 @@ def ssd_chunked(
     return y.to(out_dtype), final
 
 
+class _Chunks(NamedTuple):
+    """The scan's inputs cut into `nchunks` chunks of `q` positions (a ragged tail padded with dt = 0)."""
+
+    x: Tensor  # (b, c, q, h, p)
+    x_hm: Tensor  # (b, c, h, q, p): head-major, as the batched products read it
+    dt: Tensor  # (b, c, h, q)
+    B: Tensor  # (b, c, g, q, n)
+    C: Tensor  # (b, c, g, q, n)
+    a_cum: Tensor  # (b, c, h, q): cumulative log-decay inside each chunk
+
+
 def _chunked(
     x: Tensor,
     dt: Tensor,
@@ -198,70 +208,107 @@ def _chunked(
     D: Tensor | None,
     need_final: bool,
 ) -> tuple[Tensor, Tensor | None]:
-    """The SSD algorithm on same-dtype tensors; see ``ssd_chunked``. The heavy products are batched matmuls:
-    per head for the chunk outputs and states (B weighted per head, x head-major), with the heads of a group
-    folded into the matrix rows for the read-out of entering states. State-sized tensors (batch, nheads,
-    headdim, d_state) are the largest here: none is zero-filled, stacked or split in either direction."""
+    """The SSD algorithm on same-dtype tensors (see ``ssd_chunked``) in four named steps, as mamba_ssm's reference
+    splits it: outputs within each chunk, each chunk's own state, states passed between chunks, and the entering
+    states' read-out. State-sized tensors (batch, nheads, headdim, d_state) are the largest here: none is
+    zero-filled, stacked or split in either direction."""
+    seqlen = x.shape[1]
+    ch = _split_chunks(x, dt, A, B, C, chunk_size)
+    y = _chunk_outputs(ch, D)
+    entering, final = _state_passing(ch, initial_state, need_final)
+    if entering:
+        _add_entering_states(y, ch, entering)
+    batch, nchunks, q, nheads, headdim = y.shape
+    return y.view(batch, nchunks * q, nheads, headdim)[:, :seqlen], final
+
+
+def _split_chunks(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, q: int) -> _Chunks:
+    """Pad the sequence to whole chunks of `q` (dt = 0 neither decays nor feeds the state) and view it per chunk."""
     batch, seqlen, nheads, headdim = x.shape
     ngroups, d_state = B.shape[-2:]
-    per_group = nheads // ngroups
-    q = chunk_size
     nchunks = max(1, math.ceil(seqlen / q))
     pad = nchunks * q - seqlen
     if pad:
         x, dt, B, C = (F.pad(t, (0, 0) * (t.dim() - 2) + (0, pad)) for t in (x, dt, B, C))
-
     xc = x.view(batch, nchunks, q, nheads, headdim)
-    dtc = dt.view(batch, nchunks, q, nheads).transpose(2, 3)  # (b, c, h, q)
-    Bc = B.view(batch, nchunks, q, ngroups, d_state).transpose(2, 3)  # (b, c, g, q, n)
-    Cc = C.view(batch, nchunks, q, ngroups, d_state).transpose(2, 3)  # (b, c, g, q, n)
-    a_cum = torch.cumsum(dtc * A[:, None], dim=-1)  # cumulative log-decay inside each chunk: (b, c, h, q)
+    dtc = dt.view(batch, nchunks, q, nheads).transpose(2, 3)
+    return _Chunks(
+        x=xc,
+        x_hm=xc.transpose(2, 3).contiguous(),
+        dt=dtc,
+        B=B.view(batch, nchunks, q, ngroups, d_state).transpose(2, 3),
+        C=C.view(batch, nchunks, q, ngroups, d_state).transpose(2, 3),
+        a_cum=torch.cumsum(dtc * A[:, None], dim=-1),
+    )
 
-    # 1. Within chunks: y_i = sum_{j<=i} (C_i·B_j) exp(a_i - a_j) dt_j x_j (+ D x_i, on the diagonal).
-    causal = torch.ones(q, q, dtype=torch.bool, device=x.device).tril()
-    seg = (a_cum[..., :, None] - a_cum[..., None, :]).masked_fill_(~causal, -math.inf)
-    decay = (torch.exp(seg) * dtc[..., None, :]).view(batch, nchunks, ngroups, per_group, q, q)
-    scores = (decay * (Cc @ Bc.transpose(-1, -2))[:, :, :, None]).view(batch, nchunks, nheads, q, q)
-    if D is not None:  # in place on the diagonal alone (forward and backward touch q entries per head, not q²)
+
+def _chunk_outputs(ch: _Chunks, D: Tensor | None) -> Tensor:
+    """Within chunks: y_i = sum_{j<=i} (C_i·B_j) exp(a_i - a_j) dt_j x_j (+ D x_i on the diagonal).
+    Returns (b, c, q, h, p)."""
+    batch, nchunks, nheads, q, _ = ch.x_hm.shape
+    ngroups = ch.B.shape[2]
+    causal = torch.ones(q, q, dtype=torch.bool, device=ch.x.device).tril()
+    seg = (ch.a_cum[..., :, None] - ch.a_cum[..., None, :]).masked_fill_(~causal, -math.inf)
+    decay = (torch.exp(seg) * ch.dt[..., None, :]).view(batch, nchunks, ngroups, nheads // ngroups, q, q)
+    scores = (decay * (ch.C @ ch.B.transpose(-1, -2))[:, :, :, None]).view(batch, nchunks, nheads, q, q)
+    if D is not None:
+        # In place on the diagonal alone: forward and backward touch q entries per head, not q².
         scores.diagonal(dim1=-2, dim2=-1).add_(D[:, None])
-    x_hm = xc.transpose(2, 3).contiguous()  # (b, c, h, q, p): head-major, as the products below read it
-    y = (scores @ x_hm).transpose(2, 3).contiguous()  # (b, c, q, h, p)
+    return (scores @ ch.x_hm).transpose(2, 3).contiguous()
 
-    # 2. Each chunk's own contribution to the state at its end: (b, c', h, p, n) for the chunks in `part`,
-    # x^T @ (B weighted per head by its decay to the chunk's end and dt): the product lands in state layout.
-    to_end = (torch.exp(a_cum[..., -1:] - a_cum) * dtc).view(batch, nchunks, ngroups, per_group, q, 1)
 
-    def chunk_states(part: slice) -> Tensor:
-        Bw = (to_end[:, part] * Bc[:, part, :, None]).view(batch, -1, nheads, q, d_state)
-        return x_hm[:, part].transpose(-1, -2) @ Bw
+def _state_weights(ch: _Chunks) -> Tensor:
+    """(b, c, g, per_group, q, 1): each position's decay to its chunk's end times its dt."""
+    batch, nchunks, nheads, q = ch.dt.shape
+    ngroups = ch.B.shape[2]
+    to_end = torch.exp(ch.a_cum[..., -1:] - ch.a_cum) * ch.dt
+    return to_end.view(batch, nchunks, ngroups, nheads // ngroups, q, 1)
 
-    # 3. Pass states between chunks: the state entering chunk k, for every chunk that has one. The last
-    # chunk's contribution feeds only the final state, so it is computed apart, below, and only when asked for.
-    chunk_decay = torch.exp(a_cum[..., -1])[..., None, None]  # (b, c, h, 1, 1)
+
+def _chunk_states(ch: _Chunks, to_end: Tensor, part: slice) -> Tensor:
+    """Each chunk's own contribution to the state at its end, (b, c', h, p, n) for the chunks in `part`:
+    x^T @ (B weighted per head by `to_end`), so the product lands in state layout."""
+    batch, _, nheads, q, _ = ch.x_hm.shape
+    Bw = (to_end[:, part] * ch.B[:, part, :, None]).view(batch, -1, nheads, q, ch.B.shape[-1])
+    return ch.x_hm[:, part].transpose(-1, -2) @ Bw
+
+
+def _state_passing(ch: _Chunks, initial_state: Tensor | None, need_final: bool) -> tuple[list[Tensor], Tensor | None]:
+    """The state entering chunk k, for every chunk that has one (a list, first chunk first), and the final state
+    (None unless `need_final`). The last chunk's own state feeds only the final state, so it is computed apart."""
+    batch, nchunks, nheads, q, headdim = ch.x_hm.shape
+    ngroups, d_state = ch.B.shape[2], ch.B.shape[-1]
+    to_end = _state_weights(ch)
+    chunk_decay = torch.exp(ch.a_cum[..., -1])[..., None, None]  # (b, c, h, 1, 1)
     state = initial_state
     entering = [] if state is None else [state]
     if nchunks > 1:
-        inner = chunk_states(slice(0, nchunks - 1))
+        inner = _chunk_states(ch, to_end, slice(0, nchunks - 1))
         contributions = [inner.view(inner.shape[:1] + inner.shape[2:])] if nchunks == 2 else inner.unbind(1)
         for k, contribution in enumerate(contributions):
             state = contribution if state is None else torch.addcmul(contribution, state, chunk_decay[:, k])
             entering.append(state)
-    final = None
-    if need_final:  # the last chunk's contribution, d_state-major as `ssd_step` reads it (no reorder there)
-        rows = per_group * headdim
-        w = to_end[:, -1].reshape(batch, nheads, q).transpose(1, 2)[..., None]  # (b, q, h, 1)
-        xw = (xc[:, -1] * w).view(batch, q, ngroups, rows).transpose(1, 2)  # (b, g, q, rows)
-        last = (Bc[:, -1].transpose(-1, -2) @ xw).transpose(1, 2).contiguous()  # (b, n, g, rows)
-        final = last.view(batch, d_state, nheads, headdim).permute(0, 2, 3, 1)
-        if state is not None:
-            final = final.addcmul_(state, chunk_decay[:, -1])
+    if not need_final:
+        return entering, None
+    # The last chunk's contribution, d_state-major as `ssd_step` reads it (no reorder there).
+    rows = nheads // ngroups * headdim
+    w = to_end[:, -1].reshape(batch, nheads, q).transpose(1, 2)[..., None]  # (b, q, h, 1)
+    xw = (ch.x[:, -1] * w).view(batch, q, ngroups, rows).transpose(1, 2)  # (b, g, q, rows)
+    last = (ch.B[:, -1].transpose(-1, -2) @ xw).transpose(1, 2).contiguous()  # (b, n, g, rows)
+    final = last.view(batch, d_state, nheads, headdim).permute(0, 2, 3, 1)
+    if state is not None:
+        final = final.addcmul_(state, chunk_decay[:, -1])
+    return entering, final
 
-    # 4. Contribution of the entering state to each position: C_i · S_k * exp(a_i).
-    if entering:
-        first = nchunks - len(entering)
-        starts = entering[0][:, None] if len(entering) == 1 else torch.stack(entering, dim=1)
-        starts = starts.view(batch, len(entering), ngroups, per_group * headdim, d_state)
-        y_off = (Cc[:, first:] @ starts.transpose(-1, -2)).transpose(2, 3)  # (b, c', q, g, per_group*p)
-        y_off = y_off.reshape(batch, len(entering), q, nheads, headdim)
-        y[:, first:] += y_off * torch.exp(a_cum[:, first:]).transpose(2, 3)[..., None]
-    return y.view(batch, nchunks * q, nheads, headdim)[:, :seqlen], final
+
+def _add_entering_states(y: Tensor, ch: _Chunks, entering: list[Tensor]) -> None:
+    """Add each entering state's read-out to its chunk's outputs in place: y_i += C_i · S_k * exp(a_i).
+    y: (b, c, q, h, p); the heads of a group are folded into the matrix rows."""
+    batch, nchunks, q, nheads, headdim = y.shape
+    ngroups, d_state = ch.C.shape[2], ch.C.shape[-1]
+    first = nchunks - len(entering)
+    starts = entering[0][:, None] if len(entering) == 1 else torch.stack(entering, dim=1)
+    starts = starts.view(batch, len(entering), ngroups, nheads // ngroups * headdim, d_state)
+    y_off = (ch.C[:, first:] @ starts.transpose(-1, -2)).transpose(2, 3)  # (b, c', q, g, per_group*p)
+    y_off = y_off.reshape(batch, len(entering), q, nheads, headdim)
+    y[:, first:] += y_off * torch.exp(ch.a_cum[:, first:]).transpose(2, 3)[..., None]
