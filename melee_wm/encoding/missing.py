@@ -2,7 +2,7 @@
 
 `melee_wm.replay.parse` fills each field an old Slippi format lacks with a default from `FIELD_DEFAULTS` and
 names it in the game's `missing_fields`. Those columns are constant within the game, so they hold no data and
-must be masked out of its losses and metrics (DESIGN.md, "Metrics"). `MISSING_FIELD_COLUMNS` records, as data,
+must be masked out of its losses and metrics (README.md, "Training"). `MISSING_FIELD_COLUMNS` records, as data,
 which per-player layout fields each parsed field feeds in `melee_wm.encoding.encoder`.
 """
 

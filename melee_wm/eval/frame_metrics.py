@@ -1,4 +1,4 @@
-"""`FrameMetrics`: every one-step metric of a predicted `NextFrame` against the true one (DESIGN.md, "Metrics"),
+"""`FrameMetrics`: every one-step metric of a predicted `NextFrame` against the true one (README.md, "Training"),
 (the persistence and constant-velocity baselines are scored with it in `baselines.py`).
 
 Every metric accumulates sums and counts and reports micro averages (total correct / total counted), never a

@@ -1,5 +1,6 @@
-"""Rollout coherence (DESIGN.md, "Metrics"): N seeded starting points in evaluation games, H frames rolled out
-with the true controller, the model beside the persistence and constant-velocity baselines on the same starts.
+"""Rollout coherence (README.md, "Rollout evaluation"): N seeded starting points in evaluation games, H frames
+rolled out with the true controller, the model beside the persistence and constant-velocity baselines on the same
+starts.
 
 Per horizon h (the h-th predicted frame): position, velocity and percent MAE in game units, action accuracy and
 action-change accuracy (entries whose true action differs from the last context frame's). Summaries over horizons

@@ -1,7 +1,7 @@
 """Geometry of every legal stage, in game units: blast zones (where a character dies), the highest surface a
 character can stand on, and an outline for pictures. The one place that holds stage geometry.
 
-Blast zones of Final Destination and Battlefield are verified (DESIGN.md, "Domain facts"); the other four are the
+Blast zones of Final Destination and Battlefield are verified values; the other four are the
 community's published values. `tests/test_rollout.py` checks every table entry against the sample replays we
 have (all real positions lie inside the zone except while a character is dead or dying); Dream Land N64 has no
 sample replay. Platform outlines are approximate and only drawn; `top_ground` (the highest standable y) is what

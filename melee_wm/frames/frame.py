@@ -1,5 +1,5 @@
 """`NextFrame`: next-frame values, the one record that decoded model predictions, baselines and rollouts produce
-and the metrics consume; and the two baselines of DESIGN.md ("Metrics") built from a batch's targets.
+and the metrics consume; and the two baselines (README.md, "Training") built from a batch's targets.
 
 A batch's target position j (0 <= j < P) is context index t = K - P + j: it predicts frame t + 1 from frame t.
 Constant velocity also needs frame t - 1, which only exists for t >= 1 (`positions_with_previous`); the model
