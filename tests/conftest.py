@@ -11,6 +11,7 @@ from melee_wm.data.store import Store
 from melee_wm.data.store_writer import build_store
 from melee_wm.encoding.config import EncodingConfig
 from melee_wm.samples import SAMPLES_ENV, sample_dir
+from melee_wm.training.schema import compose_train_config, train_config_from_dict
 
 SAMPLE_SHARD_FRAMES = 8000  # small, so the six games (39,188 frames) span several shards
 
@@ -26,3 +27,9 @@ def sample_store(replay_dir, tmp_path_factory) -> Store:
     """A store of the six sample replays with the default EncodingConfig, in several shards."""
     out = tmp_path_factory.mktemp("sample_store") / "store"
     return build_store([replay_dir], out, EncodingConfig(), shard_frames=SAMPLE_SHARD_FRAMES, progress=False)
+
+
+@pytest.fixture(scope="session")
+def smoke_config():
+    """The composed `experiment=smoke` config (`TrainConfig`), as `train.py experiment=smoke` builds it."""
+    return train_config_from_dict(compose_train_config(["experiment=smoke"]))

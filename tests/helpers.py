@@ -2,7 +2,18 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import lightning as L
+import torch
+
+from melee_wm.data.batch import map_tensors
+from melee_wm.training import train
+from melee_wm.training.schema import compose_train_config
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def quiet_trainer(**kwargs) -> L.Trainer:
@@ -17,3 +28,45 @@ def quiet_trainer(**kwargs) -> L.Trainer:
         "enable_model_summary": False,
     }
     return L.Trainer(**(options | kwargs))
+
+
+def tensors(obj) -> list[torch.Tensor]:
+    """Every tensor of a (nested) dataclass / dict, in field order."""
+    out: list[torch.Tensor] = []
+    map_tensors(obj, lambda t: out.append(t) or t)
+    return out
+
+
+def assert_same(a, b) -> None:
+    """Two Batches (or any dataclasses of tensors) hold equal tensors, same dtypes and shapes, in every field."""
+    ta, tb = tensors(a), tensors(b)
+    assert len(ta) == len(tb) > 0
+    for x, y in zip(ta, tb, strict=True):
+        assert x.dtype == y.dtype and x.shape == y.shape and torch.equal(x, y)
+
+
+def overrides_for(store, tmp_path: Path, *extra: str) -> list[str]:
+    """Overrides for a run on the session's sample store writing into `tmp_path`."""
+    return [
+        f"data.store={store.path}",
+        "data.from_samples=false",
+        f"paths.runs_dir={tmp_path / 'runs'}",
+        *extra,
+    ]
+
+
+def quick_run(store, tmp_path: Path, *extra: str) -> tuple[dict[str, float], Path]:
+    """Train the smoke experiment for four batches (`debug=default`); returns (metrics, run_dir)."""
+    cfg = compose_train_config(
+        ["experiment=smoke", "debug=default", *overrides_for(store, tmp_path), "trainer.limit_train_batches=4", *extra]
+    )
+    run_dir = Path(cfg.paths.runs_dir) / cfg.run_name
+    return train(cfg), run_dir
+
+
+def run_train_py(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    """`python train.py ARGS` in `tmp_path` (a fresh process, as a user runs it)."""
+    command = [sys.executable, str(REPO / "train.py"), *args]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    return result

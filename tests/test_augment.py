@@ -16,7 +16,7 @@ from melee_wm.data.augment import (
     swap_players,
     swap_players_where,
 )
-from melee_wm.data.batch import Batch, build_batch, map_tensors
+from melee_wm.data.batch import Batch, build_batch
 from melee_wm.data.config import DataConfig
 from melee_wm.data.datamodule import MeleeDataModule
 from melee_wm.data.dataset import MeleeDataset
@@ -25,7 +25,7 @@ from melee_wm.encoding.config import EncodingConfig
 from melee_wm.encoding.encoder import encode_game
 from melee_wm.encoding.layout import Column, Layout
 from melee_wm.replay.parse import ParsedGame, parse_replay
-from tests.helpers import quiet_trainer
+from tests.helpers import assert_same, quiet_trainer
 
 ENC = EncodingConfig()
 LAYOUT = Layout(ENC)
@@ -41,20 +41,6 @@ def by_name(columns: tuple[Column, ...] | list[Column]) -> list[int]:
     not use `column_permutation`)."""
     names = [c.name for c in columns]
     return [names.index(other_name(c)) for c in columns]
-
-
-def tensors(obj) -> list[torch.Tensor]:
-    out: list[torch.Tensor] = []
-    map_tensors(obj, lambda t: out.append(t) or t)
-    return out
-
-
-def assert_same(a, b) -> None:
-    """Two Batches hold equal tensors (same dtypes and shapes) in every field."""
-    ta, tb = tensors(a), tensors(b)
-    assert len(ta) == len(tb) > 0
-    for x, y in zip(ta, tb, strict=True):
-        assert x.dtype == y.dtype and x.shape == y.shape and torch.equal(x, y)
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import lightning as L
 import pytest
 import torch
 
-from melee_wm.data.batch import Batch, map_tensors
+from melee_wm.data.batch import Batch
 from melee_wm.data.config import DataConfig
 from melee_wm.data.datamodule import MeleeDataModule
 from melee_wm.data.sampler import WindowBatchSampler
@@ -16,20 +16,11 @@ from melee_wm.data.split import split_of
 from melee_wm.data.store import StoreConfigError
 from melee_wm.encoding.config import EncodingConfig
 from melee_wm.encoding.layout import Layout
-from tests.helpers import quiet_trainer
+from tests.helpers import assert_same, quiet_trainer
 
 
 def flat(batches: list[list[int]]) -> list[int]:
     return [i for b in batches for i in b]
-
-
-def assert_same(a, b) -> None:
-    """Two Batches hold equal tensors (same dtypes and shapes) in every field."""
-    ta, tb = [], []
-    map_tensors(a, lambda t: ta.append(t) or t)
-    map_tensors(b, lambda t: tb.append(t) or t)
-    assert len(ta) == len(tb) > 0
-    assert all(x.dtype == y.dtype and torch.equal(x, y) for x, y in zip(ta, tb, strict=True))
 
 
 @pytest.mark.parametrize(("n", "drop_last"), [(1000, True), (1000, False), (1003, False)])

@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from melee_wm.data.batch import map_tensors
 from melee_wm.data.config import DataConfig
 from melee_wm.data.dataset import MeleeDataset
 from melee_wm.data.split import select_games, split_of
 from melee_wm.data.store import StoreConfigError
 from melee_wm.encoding.config import EncodingConfig
 from melee_wm.encoding.layout import Layout
+from tests.helpers import assert_same
 
 ENC = EncodingConfig()
 LAYOUT = Layout(ENC)
@@ -31,20 +31,6 @@ def store_arrays(store):
     floats = np.concatenate([np.asarray(f) for f, _ in parts])
     ints = np.concatenate([np.asarray(i) for _, i in parts])
     return floats, ints, offsets, lengths, [g.md5 for g in store.games], [g.missing_fields for g in store.games]
-
-
-def flat(batch) -> list[torch.Tensor]:
-    out = []
-    map_tensors(batch, lambda t: out.append(t) or t)
-    return out
-
-
-def assert_same(a, b) -> None:
-    ta, tb = flat(a), flat(b)
-    assert len(ta) == len(tb)
-    for x, y in zip(ta, tb, strict=True):
-        assert x.dtype == y.dtype and x.shape == y.shape
-        assert torch.equal(x, y)
 
 
 @pytest.fixture(scope="module")

@@ -279,6 +279,7 @@ def rollout_run(sample_store, tmp_path_factory):
     return train(cfg), tmp / "runs" / "rollout"
 
 
+@pytest.mark.slow
 def test_callback_metric_picks_best_and_equals_the_cli(rollout_run, sample_store, tmp_path, capsys):
     metrics, run_dir = rollout_run
     assert (run_dir / "checkpoints" / "best.ckpt").is_file()
@@ -304,6 +305,7 @@ def test_callback_metric_picks_best_and_equals_the_cli(rollout_run, sample_store
     assert report["split"] == "all" and report["games"] == 6 and "pos_mae_h1_10" not in report["summaries"]
 
 
+@pytest.mark.slow
 def test_cli_eval_errors(rollout_run, sample_store, tmp_path, capsys):
     _, run_dir = rollout_run
     last = run_dir / "checkpoints" / "last.ckpt"
