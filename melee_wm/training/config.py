@@ -28,6 +28,12 @@ def _fail(section: str, key: str, msg: str) -> None:
     raise ValueError(f"{section}.{key}: {msg}")
 
 
+def _check(section: str, obj: object, key: str, ok: bool, expected: str) -> None:
+    """One range check: unless `ok`, a ValueError naming `section.key`, its value and what was `expected`."""
+    if not ok:
+        _fail(section, key, f"must be {expected}, got {getattr(obj, key)}")
+
+
 @dataclass
 class ObjectiveConfig:
     """What the model is trained to predict and how each target group is weighted.
@@ -63,10 +69,8 @@ class ObjectiveConfig:
         bad = {k: v for k, v in self.weights.items() if v < 0}
         if bad:
             _fail("objective", "weights", f"weights must be >= 0, got {bad}")
-        if self.huber_delta <= 0:
-            _fail("objective", "huber_delta", f"must be > 0, got {self.huber_delta}")
-        if self.action_change_weight < 0:
-            _fail("objective", "action_change_weight", f"must be >= 0, got {self.action_change_weight}")
+        _check("objective", self, "huber_delta", self.huber_delta > 0, "> 0")
+        _check("objective", self, "action_change_weight", self.action_change_weight >= 0, ">= 0")
 
 
 def loss_groups(layout: Layout) -> tuple[list[str], list[str]]:
@@ -98,16 +102,12 @@ class OptimConfig:
 
     def __post_init__(self) -> None:
         self.betas = list(self.betas)
-        if self.lr <= 0:
-            _fail("optim", "lr", f"must be > 0, got {self.lr}")
-        if self.weight_decay < 0:
-            _fail("optim", "weight_decay", f"must be >= 0, got {self.weight_decay}")
-        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
-            _fail("optim", "betas", f"must be two numbers in [0, 1), got {self.betas}")
-        if self.warmup_steps < 0:
-            _fail("optim", "warmup_steps", f"must be >= 0, got {self.warmup_steps}")
-        if not 0 <= self.min_lr_ratio <= 1:
-            _fail("optim", "min_lr_ratio", f"must be in [0, 1], got {self.min_lr_ratio}")
+        _check("optim", self, "lr", self.lr > 0, "> 0")
+        _check("optim", self, "weight_decay", self.weight_decay >= 0, ">= 0")
+        two_in_unit = len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas)
+        _check("optim", self, "betas", two_in_unit, "two numbers in [0, 1)")
+        _check("optim", self, "warmup_steps", self.warmup_steps >= 0, ">= 0")
+        _check("optim", self, "min_lr_ratio", 0 <= self.min_lr_ratio <= 1, "in [0, 1]")
 
 
 @dataclass
@@ -139,14 +139,12 @@ class TrainerConfig:
         if self.strategy not in STRATEGIES:
             _fail("trainer", "strategy", f"got {self.strategy!r}, expected one of {list(STRATEGIES)}")
         for key in ("devices", "max_epochs", "check_val_every_n_epoch", "accumulate_grad_batches", "log_every_n_steps"):
-            if getattr(self, key) < 1:
-                _fail("trainer", key, f"must be >= 1, got {getattr(self, key)}")
+            _check("trainer", self, key, getattr(self, key) >= 1, ">= 1")
         for key in ("limit_train_batches", "limit_val_batches", "val_check_interval"):
-            value = getattr(self, key)
-            if value <= 0 or (value > 1 and value != int(value)):
-                _fail("trainer", key, f"must be a share in (0, 1] or a whole number of batches, got {value}")
-        if self.gradient_clip_val < 0:
-            _fail("trainer", "gradient_clip_val", f"must be >= 0 (0 = off), got {self.gradient_clip_val}")
+            v = getattr(self, key)
+            ok = 0 < v <= 1 or v == int(v) > 0
+            _check("trainer", self, key, ok, "a share in (0, 1] or a whole number of batches")
+        _check("trainer", self, "gradient_clip_val", self.gradient_clip_val >= 0, ">= 0 (0 = off)")
 
 
 @dataclass
@@ -190,8 +188,7 @@ class CheckpointConfig:
     def __post_init__(self) -> None:
         if self.mode not in ("min", "max"):
             _fail("checkpoint", "mode", f"got {self.mode!r}, expected 'min' or 'max'")
-        if self.every_n_epochs < 1:
-            _fail("checkpoint", "every_n_epochs", f"must be >= 1, got {self.every_n_epochs}")
+        _check("checkpoint", self, "every_n_epochs", self.every_n_epochs >= 1, ">= 1")
 
 
 @dataclass
@@ -210,8 +207,7 @@ class RolloutConfig:
 
     def __post_init__(self) -> None:
         for key in ("every_n_val_epochs", "horizon", "samples", "batch_size"):
-            if getattr(self, key) < 1:
-                _fail("rollout", key, f"must be >= 1, got {getattr(self, key)}")
+            _check("rollout", self, key, getattr(self, key) >= 1, ">= 1")
 
 
 @dataclass
@@ -229,14 +225,11 @@ class SelfForcingConfig:
 
     def __post_init__(self) -> None:
         self.steps = list(self.steps)
-        if not 0.0 <= self.share <= 1.0:
-            _fail("drift.self_forcing", "share", f"must be in [0, 1], got {self.share}")
-        if not self.steps or min(self.steps) < 1:
-            _fail("drift.self_forcing", "steps", f"must be a non-empty list of numbers >= 1, got {self.steps}")
-        if self.epochs_per_stage < 1:
-            _fail("drift.self_forcing", "epochs_per_stage", f"must be >= 1, got {self.epochs_per_stage}")
-        if self.weight < 0:
-            _fail("drift.self_forcing", "weight", f"must be >= 0, got {self.weight}")
+        section = "drift.self_forcing"
+        _check(section, self, "share", 0.0 <= self.share <= 1.0, "in [0, 1]")
+        _check(section, self, "steps", bool(self.steps) and min(self.steps) >= 1, "a non-empty list of numbers >= 1")
+        _check(section, self, "epochs_per_stage", self.epochs_per_stage >= 1, ">= 1")
+        _check(section, self, "weight", self.weight >= 0, ">= 0")
 
 
 @dataclass
@@ -249,8 +242,7 @@ class ContextNoiseConfig:
 
     def __post_init__(self) -> None:
         self.groups = list(self.groups)
-        if self.std < 0:
-            _fail("drift.context_noise", "std", f"must be >= 0, got {self.std}")
+        _check("drift.context_noise", self, "std", self.std >= 0, ">= 0")
 
 
 @dataclass

@@ -7,6 +7,7 @@ encoding config compared with the run's; only then does Lightning start.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -40,6 +41,7 @@ CHECKPOINT_DIR = "checkpoints"
 LAST_CHECKPOINT = "last.ckpt"
 # Sections that must not change when a run is resumed (the trainer's budget and logging may).
 RESUME_LOCKED = ("encoding", "data", "model", "objective", "optim", "seed")
+OWN_TRAINER_OPTIONS = ("compile",)  # `TrainerConfig` fields that are not Lightning Trainer arguments
 
 
 class RunDirError(RuntimeError):
@@ -189,29 +191,12 @@ def train(cfg: DictConfig | TrainConfig | dict, extra_callbacks: list[Callback] 
 
 
 def trainer_kwargs(cfg: TrainConfig) -> dict[str, Any]:
-    """Lightning Trainer arguments from `TrainerConfig` (batch counts given as whole floats become ints)."""
+    """Lightning Trainer arguments: every `TrainerConfig` field but our own options (`compile`, which
+    `WorldModelModule.configure_model` applies); batch counts given as whole floats become ints."""
     t = cfg.trainer
-
-    def share_or_count(value: float) -> float | int:
-        return int(value) if value > 1 else value
-
-    return {
-        "accelerator": t.accelerator,
-        "devices": t.devices,
-        "strategy": t.strategy,
-        "precision": t.precision,
-        "max_epochs": t.max_epochs,
-        "max_steps": t.max_steps,
-        "max_time": t.max_time,
-        "limit_train_batches": share_or_count(t.limit_train_batches),
-        "limit_val_batches": share_or_count(t.limit_val_batches),
-        "val_check_interval": share_or_count(t.val_check_interval),
-        "check_val_every_n_epoch": t.check_val_every_n_epoch,
-        "gradient_clip_val": t.gradient_clip_val or None,
-        "accumulate_grad_batches": t.accumulate_grad_batches,
-        "log_every_n_steps": t.log_every_n_steps,
-        "fast_dev_run": t.fast_dev_run,
-        "enable_progress_bar": t.enable_progress_bar,
-        "deterministic": t.deterministic,
-        "num_sanity_val_steps": 0 if t.fast_dev_run else 2,
-    }
+    kwargs = {f.name: getattr(t, f.name) for f in dataclasses.fields(t) if f.name not in OWN_TRAINER_OPTIONS}
+    for key in ("limit_train_batches", "limit_val_batches", "val_check_interval"):
+        kwargs[key] = int(kwargs[key]) if kwargs[key] > 1 else kwargs[key]
+    kwargs["gradient_clip_val"] = t.gradient_clip_val or None  # 0 means off
+    kwargs["num_sanity_val_steps"] = 0 if t.fast_dev_run else 2
+    return kwargs
