@@ -1,10 +1,11 @@
-"""Load a config dataclass from YAML: the dataclass is the schema, so nothing in the file is silently ignored."""
+"""The one loader of config dataclasses: YAML, overrides or plain containers merged onto the dataclass, which is
+the schema, so nothing is silently ignored."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -19,7 +20,7 @@ def load_structured(schema: type[T], path: str | Path | None = None, overrides: 
     naming the schema, the source and the key.
     """
     name = schema.__name__
-    layers = [OmegaConf.structured(schema)]
+    layers = []
     source = "defaults"
     if path is not None:
         if not Path(path).is_file():
@@ -29,7 +30,13 @@ def load_structured(schema: type[T], path: str | Path | None = None, overrides: 
     if overrides:
         source = f"{source} with overrides {' '.join(overrides)}"
         layers.append(OmegaConf.from_dotlist(list(overrides)))
+    return merge_structured(schema, layers, f"{name} ({source})")
+
+
+def merge_structured(schema: type[T], layers: Sequence[Any], what: str, error: type[ValueError] = ValueError) -> T:
+    """`schema`'s defaults with `layers` (YAML nodes, DictConfigs or plain dicts) merged on top, in order, as a
+    `schema` instance. Anything the schema refuses is an `error` reading "invalid <what>: <OmegaConf's message>"."""
     try:
-        return OmegaConf.to_object(OmegaConf.merge(*layers))
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), *layers))
     except (OmegaConfBaseException, ValueError) as err:
-        raise ValueError(f"invalid {name} ({source}): {err}") from None
+        raise error(f"invalid {what}: {err}") from None

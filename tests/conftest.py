@@ -11,7 +11,7 @@ from melee_wm.data.store import Store
 from melee_wm.data.store_writer import build_store
 from melee_wm.encoding.config import EncodingConfig
 from melee_wm.samples import SAMPLES_ENV, sample_dir
-from melee_wm.training.schema import compose_train_config, train_config_from_dict
+from melee_wm.training.compose import compose_train_config, train_config_from_dict
 
 SAMPLE_SHARD_FRAMES = 8000  # small, so the six games (39,188 frames) span several shards
 

@@ -11,7 +11,7 @@ import torch
 
 from melee_wm.data.batch import map_tensors
 from melee_wm.training import train
-from melee_wm.training.schema import compose_train_config
+from melee_wm.training.compose import compose_train_config
 
 REPO = Path(__file__).resolve().parents[1]
 

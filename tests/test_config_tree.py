@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from melee_wm.paths import config_dir
-from melee_wm.training.schema import ConfigError, compose_train_config, train_config_from_dict
+from melee_wm.training.compose import ConfigError, compose_train_config, train_config_from_dict
 
 EXPERIMENTS = sorted(p.stem for p in (config_dir() / "experiment").glob("*.yaml"))
 

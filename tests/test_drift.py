@@ -8,10 +8,10 @@ import torch
 from melee_wm.data.dataset import MeleeDataset
 from melee_wm.frames.frame import true_next_frame
 from melee_wm.frames.targets import target_statistics
+from melee_wm.training.compose import ConfigError, compose_train_config, to_container, train_config_from_dict
 from melee_wm.training.config import ContextNoiseConfig, DriftConfig, SelfForcingConfig
 from melee_wm.training.drift import DriftTraining, add_context_noise, self_forcing_loss
 from melee_wm.training.module import WorldModelModule
-from melee_wm.training.schema import ConfigError, compose_train_config, to_container, train_config_from_dict
 
 
 def config(store, *extra: str):

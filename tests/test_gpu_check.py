@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from melee_wm.training.schema import compose_train_config, train_config_from_dict
+from melee_wm.training.compose import compose_train_config, train_config_from_dict
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "gpu_check.py"
 

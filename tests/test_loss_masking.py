@@ -5,8 +5,8 @@ from __future__ import annotations
 from melee_wm.data.config import DataConfig
 from melee_wm.data.dataset import MeleeDataset
 from melee_wm.frames.targets import target_statistics
+from melee_wm.training.compose import compose_train_config, to_container, train_config_from_dict
 from melee_wm.training.module import WorldModelModule
-from melee_wm.training.schema import compose_train_config, to_container, train_config_from_dict
 
 # Loss masking ----------------------------------------------------------------------------------------------
 

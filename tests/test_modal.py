@@ -23,7 +23,7 @@ from melee_wm.cloud import jobs, spec
 from melee_wm.cloud.callbacks import CommitVolumeOnSave
 from melee_wm.data.store import open_store
 from melee_wm.paths import config_dir
-from melee_wm.training.schema import ConfigError, compose_train_config, to_container, train_config_from_dict
+from melee_wm.training.compose import ConfigError, compose_train_config, to_container, train_config_from_dict
 
 pytestmark = pytest.mark.filterwarnings("ignore:The .* function is executing locally:UserWarning")
 REPO = Path(__file__).resolve().parents[1]

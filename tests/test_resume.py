@@ -10,9 +10,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from melee_wm.training.compose import ConfigError, compose_train_config, train_config_from_dict
 from melee_wm.training.module import WorldModelModule
 from melee_wm.training.run import check_strategy
-from melee_wm.training.schema import ConfigError, compose_train_config, train_config_from_dict
 from tests.helpers import overrides_for, quick_run, run_train_py
 
 # Resume, checkpoints ---------------------------------------------------------------------------------------

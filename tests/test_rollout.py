@@ -25,8 +25,8 @@ from melee_wm.model.build import build_model
 from melee_wm.model.config import ModelConfig, load_model_config
 from melee_wm.model.heads import Prediction
 from melee_wm.paths import config_dir
+from melee_wm.training.compose import compose_train_config
 from melee_wm.training.run import train
-from melee_wm.training.schema import compose_train_config
 
 CONTEXT, HORIZON = 10, 12
 

@@ -8,9 +8,9 @@ import pytest
 from melee_wm.data.store import StoreConfigError
 from melee_wm.training import train
 from melee_wm.training.callbacks import NonFiniteLossError
+from melee_wm.training.compose import ConfigError, compose_train_config
 from melee_wm.training.module import WorldModelModule
 from melee_wm.training.run import RunDirError
-from melee_wm.training.schema import ConfigError, compose_train_config
 from tests.helpers import overrides_for, quick_run
 
 # Errors before training ------------------------------------------------------------------------------------

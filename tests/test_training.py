@@ -16,7 +16,7 @@ from melee_wm.data.store_writer import build_store
 from melee_wm.encoding.config import EncodingConfig
 from melee_wm.paths import config_dir
 from melee_wm.training import train
-from melee_wm.training.schema import compose_train_config, train_config_from_dict
+from melee_wm.training.compose import compose_train_config, train_config_from_dict
 from tests.helpers import overrides_for
 
 EXPERIMENTS = sorted(p.stem for p in (config_dir() / "experiment").glob("*.yaml"))

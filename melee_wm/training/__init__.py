@@ -2,8 +2,8 @@
 
 from omegaconf import DictConfig
 
+from melee_wm.training.compose import register_configs
 from melee_wm.training.run import train
-from melee_wm.training.schema import register_configs
 
 
 def objective_value(cfg: DictConfig, metrics: dict[str, float]) -> float | None:

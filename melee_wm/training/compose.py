@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from melee_wm.paths import config_dir
+from melee_wm.schema import merge_structured
 from melee_wm.training.config import TrainConfig
 
 SCHEMA_NAME = "train_schema"
@@ -39,11 +40,7 @@ def train_config_from_dict(data: dict[str, Any] | DictConfig) -> TrainConfig:
     if isinstance(data, DictConfig):
         data = OmegaConf.to_container(data, resolve=True)
     data = {k: v for k, v in data.items() if k != "hydra"}
-    try:
-        merged = OmegaConf.merge(OmegaConf.structured(TrainConfig), data)
-        return OmegaConf.to_object(merged)
-    except (OmegaConfBaseException, ValueError) as err:
-        raise ConfigError(f"invalid training config: {err}") from None
+    return merge_structured(TrainConfig, [data], "training config", ConfigError)
 
 
 def to_container(cfg: TrainConfig) -> dict[str, Any]:

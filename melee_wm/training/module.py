@@ -27,11 +27,11 @@ from melee_wm.frames.frame import (
 )
 from melee_wm.frames.targets import RESIDUAL, TargetCodec, TargetStats
 from melee_wm.model.build import build_model
+from melee_wm.training.compose import train_config_from_dict
 from melee_wm.training.config import TrainConfig
 from melee_wm.training.drift import DriftTraining
 from melee_wm.training.loss import LossOutput, WorldModelLoss
 from melee_wm.training.optim import build_optimizer
-from melee_wm.training.schema import train_config_from_dict
 
 
 def zero_output_layer(net: torch.nn.Module) -> None:

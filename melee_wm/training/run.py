@@ -28,11 +28,11 @@ from melee_wm.eval.baselines import score_baselines
 from melee_wm.frames.targets import target_statistics
 from melee_wm.samples import sample_dir
 from melee_wm.training.callbacks import HISTORY_FILE, build_callbacks
+from melee_wm.training.compose import ConfigError, to_container, train_config_from_dict
 from melee_wm.training.config import TrainConfig
 from melee_wm.training.loggers import build_loggers, finish_loggers
 from melee_wm.training.module import WorldModelModule
 from melee_wm.training.plots import PLOT_FILE, plot_training
-from melee_wm.training.schema import ConfigError, to_container, train_config_from_dict
 
 CONFIG_FILE = "config.yaml"
 FINGERPRINT_FILE = "data_fingerprint.json"

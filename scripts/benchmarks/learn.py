@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from melee_wm.training import train
-from melee_wm.training.schema import compose_train_config
+from melee_wm.training.compose import compose_train_config
 
 from ._common import record, summary
 

@@ -21,10 +21,10 @@ from omegaconf import OmegaConf
 
 from melee_wm.encoding import EncodingConfig, Layout
 from melee_wm.eval.rollout import rollout, rollout_by_rerun
+from melee_wm.training.compose import to_container, train_config_from_dict
 from melee_wm.training.config import RolloutConfig, SelfForcingConfig
 from melee_wm.training.drift import self_forcing_loss
 from melee_wm.training.module import WorldModelModule
-from melee_wm.training.schema import to_container, train_config_from_dict
 
 from ._common import alternating_medians, record, summary
 from .model import PRESET, synthetic_batch

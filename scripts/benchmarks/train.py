@@ -24,10 +24,10 @@ from melee_wm.encoding.config import EncodingConfig
 from melee_wm.frames.targets import target_statistics
 from melee_wm.samples import sample_dir
 from melee_wm.training.callbacks import StopOnNonFiniteLoss
+from melee_wm.training.compose import compose_train_config, to_container, train_config_from_dict
 from melee_wm.training.module import WorldModelModule
 from melee_wm.training.optim import build_optimizer
 from melee_wm.training.run import trainer_kwargs
-from melee_wm.training.schema import compose_train_config, to_container, train_config_from_dict
 
 from ._common import record, summary
 
