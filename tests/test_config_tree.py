@@ -35,8 +35,8 @@ def test_every_experiment_and_group_composes():
 
 
 def test_gpu_experiments_inherit_and_hold_their_model_and_learning_rate():
-    """mamba2_large and mlp_baseline start from mamba2_base (data/store_gpu inherits data/store): only the model,
-    the learning rate and the name differ."""
+    """mamba2_large and mlp_baseline start from mamba2_base: only the model, the learning rate and the name
+    differ. Its data settings hold with another data option too."""
     base, large, mlp = (
         train_config_from_dict(compose_train_config([f"experiment={e}", "data.store=/s", "run_name=r"]))
         for e in ("mamba2_base", "mamba2_large", "mlp_baseline")
@@ -45,6 +45,8 @@ def test_gpu_experiments_inherit_and_hold_their_model_and_learning_rate():
         assert (other.data, other.trainer, other.logger) == (base.data, base.trainer, base.logger)
     assert (large.model.d_model, large.optim.lr, mlp.model.arch) == (768, 6.0e-4, "mlp")
     assert base.data.batch_size == 512 and base.data.device_resident and base.data.store == "/s"
+    samples = train_config_from_dict(compose_train_config(["experiment=mamba2_base", "data=samples"]))
+    assert samples.data.device_resident and samples.data.swap_players_p == 0.5 and samples.data.from_samples
 
 
 def test_debug_group_fits_any_experiment_on_the_cpu():
