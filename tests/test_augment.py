@@ -240,6 +240,7 @@ class _Recorder(L.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
+@pytest.mark.slow
 def test_lightning_fit_swaps_per_epoch(sample_store):
     cfg = DataConfig(store=str(sample_store.path), batch_size=16, swap_players_p=0.5, seed=2)
     dm = MeleeDataModule(cfg, EncodingConfig())

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from melee_wm.cli import main
 from melee_wm.data.config import DataConfig
 from melee_wm.data.dataset import MeleeDataset
@@ -78,6 +80,7 @@ def test_baseline_prints_the_library_scores(sample_store, capsys):
     assert "no window" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_console_script(sample_store):
     script = Path(sys.executable).with_name("melee-wm")
     result = subprocess.run([str(script), "info", str(sample_store.path)], capture_output=True, text=True)

@@ -106,6 +106,7 @@ class _Probe(L.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
+@pytest.mark.slow
 def test_lightning_fit_gets_batches_and_reshuffles(sample_store):
     cfg = DataConfig(store=str(sample_store.path), batch_size=16)
     dm = MeleeDataModule(cfg, EncodingConfig())

@@ -203,6 +203,7 @@ def test_categories_of_real_frames_are_plausible(sample_store):
     assert np.isin(other, [*range(11), 12, 13, 322, 323, 324]).mean() > 0.8, np.unique(other, return_counts=True)
 
 
+@pytest.mark.slow
 def test_baselines_on_the_real_store(sample_store):
     k = 30
     ds = MeleeDataset.from_store(sample_store.path, "all", DataConfig(context_len=k))

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import socket
 
+import pytest
+
 from tests.helpers import quick_run
 
 # Logging ---------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_wandb_without_key_runs_offline_and_never_connects(sample_store, tmp_path, monkeypatch):
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))

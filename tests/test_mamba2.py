@@ -285,6 +285,7 @@ def test_causal_conv_silu_gradients_and_values(seqlen, with_head, with_bias):
     assert torch.autograd.gradcheck(fn, inputs)
 
 
+@pytest.mark.slow
 def test_block_gradients_with_carried_state():
     """Gradients reach the input and both parts of a carried state correctly (finite differences)."""
     block = make_block(d_model=8, d_state=4, headdim=4, ngroups=1, chunk_size=3)

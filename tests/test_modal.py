@@ -89,6 +89,7 @@ def test_launcher_arguments():
         jobs.split_launcher_args(["--gpus=2"], spec.DEFAULT_GPU)
 
 
+@pytest.mark.slow
 def test_planned_overrides_compose_into_the_config_train_py_builds(tmp_path):
     plan = jobs.plan_train(["experiment=mamba2_base", "data.store=/vol/stores/all", "optim.lr=3e-4"], ONE_GPU, "/vol")
     assert "paths.runs_dir=/vol/runs" in plan and "paths.stores_dir=/vol/stores" in plan
@@ -173,6 +174,7 @@ class _StandInVolume:
         self.seen.append({p.name: p.stat().st_mtime_ns for p in files})
 
 
+@pytest.mark.slow
 def test_train_body_runs_locally_and_commits_after_each_checkpoint_save(tmp_path, replay_dir, monkeypatch):
     monkeypatch.setenv("MELEE_WM_SAMPLES", str(replay_dir))
     volume = _StandInVolume(tmp_path / "runs" / "tiny" / "checkpoints")
@@ -191,6 +193,7 @@ def test_train_body_runs_locally_and_commits_after_each_checkpoint_save(tmp_path
     assert json.loads((run_dir / "final_metrics.json").read_text()) == pytest.approx(result["metrics"])
 
 
+@pytest.mark.slow
 def test_missing_store_or_checkpoint_is_a_file_not_found_error_naming_it(tmp_path):
     missing = tmp_path / "no_store"
     overrides = [*TINY_TRAINING, "data=store", f"data.store={missing}", "run_name=x"]

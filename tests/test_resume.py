@@ -22,11 +22,13 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
     return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
 
 
+@pytest.mark.slow
 def test_bf16_mixed_precision_trains_on_cpu(sample_store, tmp_path):
     metrics, _ = quick_run(sample_store, tmp_path, "trainer.precision=bf16-mixed")
     assert math.isfinite(metrics["train/loss"]) and math.isfinite(metrics["val/pos_mae/all"])
 
 
+@pytest.mark.slow
 def test_resume_is_exact_and_checkpoints_load_weights_only(sample_store, tmp_path):
     common = ["trainer.limit_train_batches=6", "data.swap_players_p=0.5", "model.dropout=0.1"]
     straight, straight_dir = quick_run(sample_store, tmp_path, "run_name=straight", "trainer.max_epochs=2", *common)

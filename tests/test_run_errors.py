@@ -25,6 +25,7 @@ def test_encoding_mismatch_stops_before_training(sample_store, tmp_path):
     assert not list((tmp_path / "runs").rglob("*.ckpt"))
 
 
+@pytest.mark.slow
 def test_existing_run_dir_is_refused_without_resume(sample_store, tmp_path):
     _, run_dir = quick_run(sample_store, tmp_path, "run_name=fixed")
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
@@ -36,6 +37,7 @@ def test_existing_run_dir_is_refused_without_resume(sample_store, tmp_path):
         quick_run(sample_store, tmp_path, "run_name=fixed", "resume=true", "optim.lr=0.5")
 
 
+@pytest.mark.slow
 def test_nonfinite_loss_stops_with_the_step_and_terms(sample_store, tmp_path, monkeypatch):
     original = WorldModelModule.forward_loss
 

@@ -222,6 +222,7 @@ def test_two_workers_give_the_same_store(sample_store, replay_dir, tmp_path):
     _assert_same_store(store, sample_store)
 
 
+@pytest.mark.slow
 def test_killed_build_resumes_to_the_same_store(replay_dir, tmp_path):
     """SIGKILL a real `melee-wm encode` once a shard is committed; the rerun must equal a one-shot build."""
     src = tmp_path / "copies"
