@@ -40,3 +40,9 @@ def merge_structured(schema: type[T], layers: Sequence[Any], what: str, error: t
         return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), *layers))
     except (OmegaConfBaseException, ValueError) as err:
         raise error(f"invalid {what}: {err}") from None
+
+
+def require(ok: bool, key: str, value: Any, expected: str) -> None:
+    """One range check of a config field: unless `ok`, a ValueError "<key>: must be <expected>, got <value>"."""
+    if not ok:
+        raise ValueError(f"{key}: must be {expected}, got {value}")

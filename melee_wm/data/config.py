@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from melee_wm.schema import require
+
 
 @dataclass
 class DataConfig:
@@ -30,16 +32,12 @@ class DataConfig:
         def fail(key: str, msg: str) -> None:
             raise ValueError(f"DataConfig.{key}: {msg}")
 
-        if self.context_len < 1:
-            fail("context_len", f"must be >= 1, got {self.context_len}")
-        if not 0.0 <= self.val_fraction <= 1.0:
-            fail("val_fraction", f"must be in [0, 1], got {self.val_fraction}")
-        if not 0.0 <= self.swap_players_p <= 1.0:
-            fail("swap_players_p", f"must be a probability in [0, 1], got {self.swap_players_p}")
-        if self.batch_size < 1:
-            fail("batch_size", f"must be >= 1, got {self.batch_size}")
-        if self.num_workers < 0:
-            fail("num_workers", f"must be >= 0, got {self.num_workers}")
+        c = "DataConfig"
+        require(self.context_len >= 1, f"{c}.context_len", self.context_len, ">= 1")
+        require(0.0 <= self.val_fraction <= 1.0, f"{c}.val_fraction", self.val_fraction, "in [0, 1]")
+        require(0 <= self.swap_players_p <= 1, f"{c}.swap_players_p", self.swap_players_p, "a probability in [0, 1]")
+        require(self.batch_size >= 1, f"{c}.batch_size", self.batch_size, ">= 1")
+        require(self.num_workers >= 0, f"{c}.num_workers", self.num_workers, ">= 0")
         if self.persistent_workers and self.num_workers == 0:
             fail("persistent_workers", "needs num_workers > 0")
         if self.device_resident and self.num_workers > 0:

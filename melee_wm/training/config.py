@@ -15,6 +15,7 @@ from melee_wm.data.config import DataConfig
 from melee_wm.encoding.config import EncodingConfig
 from melee_wm.encoding.layout import Layout
 from melee_wm.model.config import ModelConfig
+from melee_wm.schema import require
 
 REGRESSION_LOSSES = ("mse", "l1", "huber", "symlog_mse")
 POSITION_PARAMETERIZATIONS = ("delta", "residual_over_constant_velocity")
@@ -26,12 +27,6 @@ STRATEGIES = ("auto", "ddp", "ddp_spawn")
 
 def _fail(section: str, key: str, msg: str) -> None:
     raise ValueError(f"{section}.{key}: {msg}")
-
-
-def _check(section: str, obj: object, key: str, ok: bool, expected: str) -> None:
-    """One range check: unless `ok`, a ValueError naming `section.key`, its value and what was `expected`."""
-    if not ok:
-        _fail(section, key, f"must be {expected}, got {getattr(obj, key)}")
 
 
 @dataclass
@@ -69,8 +64,8 @@ class ObjectiveConfig:
         bad = {k: v for k, v in self.weights.items() if v < 0}
         if bad:
             _fail("objective", "weights", f"weights must be >= 0, got {bad}")
-        _check("objective", self, "huber_delta", self.huber_delta > 0, "> 0")
-        _check("objective", self, "action_change_weight", self.action_change_weight >= 0, ">= 0")
+        require(self.huber_delta > 0, "objective.huber_delta", self.huber_delta, "> 0")
+        require(self.action_change_weight >= 0, "objective.action_change_weight", self.action_change_weight, ">= 0")
 
 
 def loss_groups(layout: Layout) -> tuple[list[str], list[str]]:
@@ -102,12 +97,12 @@ class OptimConfig:
 
     def __post_init__(self) -> None:
         self.betas = list(self.betas)
-        _check("optim", self, "lr", self.lr > 0, "> 0")
-        _check("optim", self, "weight_decay", self.weight_decay >= 0, ">= 0")
+        require(self.lr > 0, "optim.lr", self.lr, "> 0")
+        require(self.weight_decay >= 0, "optim.weight_decay", self.weight_decay, ">= 0")
         two_in_unit = len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas)
-        _check("optim", self, "betas", two_in_unit, "two numbers in [0, 1)")
-        _check("optim", self, "warmup_steps", self.warmup_steps >= 0, ">= 0")
-        _check("optim", self, "min_lr_ratio", 0 <= self.min_lr_ratio <= 1, "in [0, 1]")
+        require(two_in_unit, "optim.betas", self.betas, "two numbers in [0, 1)")
+        require(self.warmup_steps >= 0, "optim.warmup_steps", self.warmup_steps, ">= 0")
+        require(0 <= self.min_lr_ratio <= 1, "optim.min_lr_ratio", self.min_lr_ratio, "in [0, 1]")
 
 
 @dataclass
@@ -139,12 +134,12 @@ class TrainerConfig:
         if self.strategy not in STRATEGIES:
             _fail("trainer", "strategy", f"got {self.strategy!r}, expected one of {list(STRATEGIES)}")
         for key in ("devices", "max_epochs", "check_val_every_n_epoch", "accumulate_grad_batches", "log_every_n_steps"):
-            _check("trainer", self, key, getattr(self, key) >= 1, ">= 1")
+            require(getattr(self, key) >= 1, f"trainer.{key}", getattr(self, key), ">= 1")
         for key in ("limit_train_batches", "limit_val_batches", "val_check_interval"):
             v = getattr(self, key)
             ok = 0 < v <= 1 or v == int(v) > 0
-            _check("trainer", self, key, ok, "a share in (0, 1] or a whole number of batches")
-        _check("trainer", self, "gradient_clip_val", self.gradient_clip_val >= 0, ">= 0 (0 = off)")
+            require(ok, f"trainer.{key}", getattr(self, key), "a share in (0, 1] or a whole number of batches")
+        require(self.gradient_clip_val >= 0, "trainer.gradient_clip_val", self.gradient_clip_val, ">= 0 (0 = off)")
 
 
 @dataclass
@@ -188,7 +183,7 @@ class CheckpointConfig:
     def __post_init__(self) -> None:
         if self.mode not in ("min", "max"):
             _fail("checkpoint", "mode", f"got {self.mode!r}, expected 'min' or 'max'")
-        _check("checkpoint", self, "every_n_epochs", self.every_n_epochs >= 1, ">= 1")
+        require(self.every_n_epochs >= 1, "checkpoint.every_n_epochs", self.every_n_epochs, ">= 1")
 
 
 @dataclass
@@ -207,7 +202,7 @@ class RolloutConfig:
 
     def __post_init__(self) -> None:
         for key in ("every_n_val_epochs", "horizon", "samples", "batch_size"):
-            _check("rollout", self, key, getattr(self, key) >= 1, ">= 1")
+            require(getattr(self, key) >= 1, f"rollout.{key}", getattr(self, key), ">= 1")
 
 
 @dataclass
@@ -226,10 +221,10 @@ class SelfForcingConfig:
     def __post_init__(self) -> None:
         self.steps = list(self.steps)
         section = "drift.self_forcing"
-        _check(section, self, "share", 0.0 <= self.share <= 1.0, "in [0, 1]")
-        _check(section, self, "steps", bool(self.steps) and min(self.steps) >= 1, "a non-empty list of numbers >= 1")
-        _check(section, self, "epochs_per_stage", self.epochs_per_stage >= 1, ">= 1")
-        _check(section, self, "weight", self.weight >= 0, ">= 0")
+        require(0.0 <= self.share <= 1.0, f"{section}.share", self.share, "in [0, 1]")
+        require(min(self.steps, default=0) >= 1, f"{section}.steps", self.steps, "a non-empty list of numbers >= 1")
+        require(self.epochs_per_stage >= 1, f"{section}.epochs_per_stage", self.epochs_per_stage, ">= 1")
+        require(self.weight >= 0, f"{section}.weight", self.weight, ">= 0")
 
 
 @dataclass
@@ -242,7 +237,7 @@ class ContextNoiseConfig:
 
     def __post_init__(self) -> None:
         self.groups = list(self.groups)
-        _check("drift.context_noise", self, "std", self.std >= 0, ">= 0")
+        require(self.std >= 0, "drift.context_noise.std", self.std, ">= 0")
 
 
 @dataclass
