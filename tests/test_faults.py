@@ -118,7 +118,7 @@ def test_killed_mid_save_resumes_to_the_clean_runs_checkpoints(sample_store, cle
 def test_sigkill_mid_training_then_resume(sample_store, clean_run, tmp_path):
     """`python train.py` killed with SIGKILL while it trains epoch 1, then `resume=true`: one best.ckpt."""
     run_dir = tmp_path / "runs" / "crash"
-    overrides = run_overrides(sample_store, tmp_path / "runs", "crash", batches=100)
+    overrides = run_overrides(sample_store, tmp_path / "runs", "crash", batches=30)
     child = subprocess.Popen(
         [sys.executable, str(REPO / "train.py"), *overrides],
         cwd=tmp_path,
@@ -131,7 +131,7 @@ def test_sigkill_mid_training_then_resume(sample_store, clean_run, tmp_path):
         while not (run_dir / "checkpoints" / "last.ckpt").is_file():
             assert child.poll() is None and time.monotonic() < deadline, child.stderr.read().decode()[-3000:]
             time.sleep(0.05)
-        time.sleep(0.5)  # into epoch 1 (100 batches take several seconds)
+        time.sleep(0.1)  # into epoch 1, whose 30 batches take well over a second
     finally:
         child.send_signal(signal.SIGKILL)
         child.wait()
