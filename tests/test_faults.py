@@ -131,7 +131,7 @@ def test_sigkill_mid_training_then_resume(sample_store, clean_run, tmp_path):
         while not (run_dir / "checkpoints" / "last.ckpt").is_file():
             assert child.poll() is None and time.monotonic() < deadline, child.stderr.read().decode()[-3000:]
             time.sleep(0.05)
-        time.sleep(0.1)  # into epoch 1, whose 30 batches take well over a second
+        time.sleep(0.1)  # into epoch 1 (its 30 batches take longer than this)
     finally:
         child.send_signal(signal.SIGKILL)
         child.wait()
