@@ -96,7 +96,7 @@ def _cmd_baseline(args: argparse.Namespace, console: Console) -> None:
 
 
 def _cmd_eval(args: argparse.Namespace, console: Console) -> None:
-    from melee_wm.eval.evaluate import evaluate_checkpoint  # torch and Lightning load only for this command
+    from melee_wm.training.evaluate import evaluate_checkpoint  # torch and Lightning load only for this command
 
     report, folder = evaluate_checkpoint(
         args.checkpoint, args.store, args.horizon, args.samples, args.seed, args.out, args.all_games, args.device

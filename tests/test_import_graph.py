@@ -27,12 +27,7 @@ FLOORS: dict[str, int] = {
     "cloud": 7,
 }
 SIBLINGS_APART = {("data", "model"), ("model", "data"), ("cli", "cloud"), ("cloud", "cli")}
-# The one arrow left upward: `melee-wm eval` loads a checkpoint through the training module. Checkpoint reading
-# is to move beside train(cfg) (training/), which removes this entry.
-KNOWN_UPWARD = {
-    ("melee_wm.eval.evaluate", "melee_wm.training.module"),
-    ("melee_wm.eval.evaluate", "melee_wm.training.run"),
-}
+KNOWN_UPWARD: set[tuple[str, str]] = set()  # arrows allowed to point up a floor: none
 
 
 def room(module: str) -> str:

@@ -319,7 +319,7 @@ def test_cli_eval_errors(rollout_run, sample_store, tmp_path, capsys):
     assert "no manifest.json" in fails(str(last), "--store", str(tmp_path / "no_store"))
     junk = tmp_path / "junk.ckpt"
     junk.write_bytes(b"not a checkpoint")
-    assert "not a PyTorch checkpoint" in fails(str(junk), "--store", store)
+    assert "not a readable checkpoint: not a zip archive" in fails(str(junk), "--store", store)
     other = tmp_path / "other.ckpt"
     torch.save({"state_dict": {}, "hyper_parameters": {"lr": 1.0}}, other)
     assert "not a world-model checkpoint" in fails(str(other), "--store", store)

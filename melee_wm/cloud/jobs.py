@@ -24,8 +24,9 @@ from melee_wm.data.pipeline import StoreFilters, find_replays
 from melee_wm.data.store_writer import build_store
 from melee_wm.encoding.config import load_encoding_config
 from melee_wm.training import train
+from melee_wm.training.checkpoint import CHECKPOINT_DIR, LAST_CHECKPOINT
 from melee_wm.training.compose import ConfigError, compose_train_config, train_config_from_dict
-from melee_wm.training.run import CHECKPOINT_DIR, LAST_CHECKPOINT, resolve_run_dir
+from melee_wm.training.run import resolve_run_dir
 
 # Paths the launcher owns: they point at the volume.
 VOLUME_KEYS = ("paths.runs_dir", "paths.stores_dir", "paths.run_dir")

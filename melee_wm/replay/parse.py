@@ -11,8 +11,11 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import mmap
+import os
+import sys
+import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +25,7 @@ import peppi_py
 import pyarrow as pa
 
 from melee_wm.constants import NUM_PLAYERS
+from melee_wm.replay.plausibility import impossible_value
 
 AIRBORNE_GROUND = 65535  # `post.ground` value peppi reports when a player stands on nothing
 
@@ -203,6 +207,35 @@ def _player_arrays(data: Any, rows: np.ndarray | None, num_frames: int, missing:
     return out
 
 
+@contextlib.contextmanager
+def _stderr_into(sink: Any) -> Iterator[None]:
+    """Point file descriptor 2 at the open file `sink` for the block. Rust's panic hook writes there directly:
+    the panic's message and, with RUST_BACKTRACE set, a ~70-line backtrace per corrupt file."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    os.dup2(sink.fileno(), 2)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def read_quietly(path: Path) -> Any:
+    """peppi's `read_slippi` with what it writes to stderr held back: dropped when it raises (a panic's message
+    is in the exception, which becomes the skip reason), written out when it succeeds. Other threads writing to
+    stderr meanwhile (a progress bar) are held back alike."""
+    with tempfile.TemporaryFile() as captured:
+        with _stderr_into(captured):
+            game = peppi_py.read_slippi(str(path))
+        captured.seek(0)
+        held = captured.read()
+    if held:
+        sys.stderr.write(held.decode(errors="replace"))
+    return game
+
+
 def parse_replay(path: str | Path, md5: str | BackgroundMd5 | None = None) -> ParsedGame:
     """Read a `.slp` file into a `ParsedGame`; raises `ReplayError` with a reason for unusable files.
 
@@ -214,7 +247,7 @@ def parse_replay(path: str | Path, md5: str | BackgroundMd5 | None = None) -> Pa
         with contextlib.suppress(OSError):  # an unreadable file is reported by peppi, just below
             md5 = BackgroundMd5(path)
     try:
-        game = peppi_py.read_slippi(str(path))
+        game = read_quietly(path)
     except OSError as err:
         raise ReplayError(path, f"unreadable by peppi: {err}") from None
     except BaseException as err:  # whatever else peppi raises on a malformed file, its Rust panics included
@@ -239,18 +272,23 @@ def parse_replay(path: str | Path, md5: str | BackgroundMd5 | None = None) -> Pa
     rows = rows_np if has_rollbacks else None
     missing: set[str] = set()
     arrays = tuple(_player_arrays(port.leader, rows, len(rows_np), missing) for port in game.frames.ports)
+    first_frame = int(frame_ids[rows_np[0]])
+    ports = (int(players[0].port), int(players[1].port))
+    impossible = impossible_value(arrays, ports, first_frame)
+    if impossible is not None:
+        raise ReplayError(path, impossible)
     meta = GameMeta(
         path=str(path),
         md5=md5.result() if isinstance(md5, BackgroundMd5) else md5 or file_md5(path),
         slippi_version=".".join(str(v) for v in game.start.slippi.version),
         stage=int(game.start.stage),
         characters=(int(players[0].character), int(players[1].character)),
-        ports=(int(players[0].port), int(players[1].port)),
+        ports=ports,
         cpu_players=tuple(int(p.type) == 1 for p in players),  # PlayerType.CPU
         end_method=None if game.end is None else int(game.end.method),
         is_pal=None if game.start.is_pal is None else bool(game.start.is_pal),
         num_frames=len(rows_np),
-        first_frame=int(frame_ids[rows_np[0]]),
+        first_frame=first_frame,
         missing_fields=sorted(missing),
     )
     return ParsedGame(meta=meta, players=arrays)  # type: ignore[arg-type]

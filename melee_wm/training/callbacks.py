@@ -11,6 +11,7 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, RichProgressBar
 
+from melee_wm.training.checkpoint import BEST_STEM, EPOCH_STEM
 from melee_wm.training.config import TrainConfig
 from melee_wm.training.rollout_callback import RolloutEvalCallback
 
@@ -75,28 +76,34 @@ class MetricHistory(Callback):
 
 
 def build_callbacks(cfg: TrainConfig, checkpoint_dir: Path, has_logger: bool) -> list[Callback]:
-    """Checkpoints into `checkpoint_dir` (`last.ckpt`, `best.ckpt` by `checkpoint.monitor`, `epoch=NNN.ckpt`),
-    the non-finite stop, the LR monitor (needs a logger) and the rich progress bar."""
+    """Checkpoints into `checkpoint_dir` (`best.ckpt` by `checkpoint.monitor`, `epoch=NNN.ckpt`, `last.ckpt`),
+    the non-finite stop, the LR monitor (needs a logger) and the rich progress bar.
+
+    The folder belongs to one run, so a file name is never versioned (`best-v1.ckpt`): a file already there is
+    this run's own, left by a crash, and the resumed run writes it again. `best` is saved before `epoch=NNN` and
+    `last` in each epoch, so `last.ckpt` is the newest file and holds the best-model tracking of its epoch."""
     every = cfg.checkpoint.every_n_epochs
     callbacks: list[Callback] = [
         StopOnNonFiniteLoss(),
         MetricHistory(checkpoint_dir.parent / HISTORY_FILE, cfg.trainer.log_every_n_steps),
         ModelCheckpoint(
             dirpath=checkpoint_dir,
-            filename="epoch={epoch:03d}",
-            auto_insert_metric_name=False,
-            save_top_k=-1,
-            save_last=True,
-            every_n_epochs=every,
-        ),
-        ModelCheckpoint(
-            dirpath=checkpoint_dir,
-            filename="best",
+            filename=BEST_STEM,
             monitor=cfg.checkpoint.monitor,
             mode=cfg.checkpoint.mode,
             save_top_k=1,
             auto_insert_metric_name=False,
             every_n_epochs=every,
+            enable_version_counter=False,
+        ),
+        ModelCheckpoint(
+            dirpath=checkpoint_dir,
+            filename=EPOCH_STEM,
+            auto_insert_metric_name=False,
+            save_top_k=-1,
+            save_last=True,
+            every_n_epochs=every,
+            enable_version_counter=False,
         ),
     ]
     if cfg.rollout.enabled:  # logs in on_validation_epoch_end, before ModelCheckpoint reads the metrics

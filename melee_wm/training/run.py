@@ -8,7 +8,6 @@ encoding config compared with the run's; only then does Lightning start.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -29,16 +28,21 @@ from melee_wm.frames.targets import target_statistics
 from melee_wm.samples import sample_dir
 from melee_wm.training.callbacks import HISTORY_FILE, build_callbacks
 from melee_wm.training.compose import ConfigError, to_container, train_config_from_dict
+from melee_wm.training.checkpoint import (
+    CHECKPOINT_DIR,
+    FINGERPRINT_FILE,
+    AtomicCheckpointIO,
+    ResumePoint,
+    data_fingerprint,
+    find_resume_point,
+)
 from melee_wm.training.config import TrainConfig
 from melee_wm.training.loggers import build_loggers, finish_loggers
 from melee_wm.training.module import WorldModelModule
 from melee_wm.training.plots import PLOT_FILE, plot_training
 
 CONFIG_FILE = "config.yaml"
-FINGERPRINT_FILE = "data_fingerprint.json"
 METRICS_FILE = "final_metrics.json"
-CHECKPOINT_DIR = "checkpoints"
-LAST_CHECKPOINT = "last.ckpt"
 # Sections that must not change when a run is resumed (the trainer's budget and logging may).
 RESUME_LOCKED = ("encoding", "data", "model", "objective", "optim", "seed")
 OWN_TRAINER_OPTIONS = ("compile",)  # `TrainerConfig` fields that are not Lightning Trainer arguments
@@ -77,18 +81,18 @@ def check_strategy(cfg: TrainConfig, multirun: bool) -> None:
         )
 
 
-def claim_run_dir(run_dir: Path, cfg: TrainConfig) -> Path | None:
-    """Make sure no two runs write one folder. Returns the checkpoint to resume from (None for a new run).
+def claim_run_dir(run_dir: Path, cfg: TrainConfig) -> ResumePoint | None:
+    """Make sure no two runs write one folder. Returns where to resume (None for a new run).
 
-    A folder that already holds a run is refused unless `resume` is set; a resume needs that run's `last`
-    checkpoint and the same data, model, objective and optimizer config.
+    A folder that already holds a run is refused unless `resume` is set; a resume needs that run's own
+    config (the same data, model, objective and optimizer) and continues from its newest readable checkpoint,
+    or from the first step when the run stopped before writing one.
     """
-    last = run_dir / CHECKPOINT_DIR / LAST_CHECKPOINT
     saved = run_dir / CONFIG_FILE
     if cfg.resume:
-        if not last.is_file():
-            raise RunDirError(f"resume=true but {last} does not exist (nothing to resume in {run_dir})")
-        before = OmegaConf.to_container(OmegaConf.load(saved), resolve=True) if saved.is_file() else {}
+        if not saved.is_file():
+            raise RunDirError(f"resume=true but {saved} does not exist (nothing to resume in {run_dir})")
+        before = OmegaConf.to_container(OmegaConf.load(saved), resolve=True)
         now = to_container(cfg)
         diff = {
             f"{section}.{key}": pair
@@ -100,7 +104,7 @@ def claim_run_dir(run_dir: Path, cfg: TrainConfig) -> Path | None:
                 f"resume of {run_dir}: the config differs from the run's own {saved}:\n"
                 + format_config_diff(diff, "run", "now")
             )
-        return last
+        return find_resume_point(run_dir / CHECKPOINT_DIR)
     if saved.exists() or (run_dir / CHECKPOINT_DIR).exists():
         raise RunDirError(
             f"{run_dir} already holds a run; pick another run_name, or pass resume=true to continue that run"
@@ -126,18 +130,6 @@ def prepare_store(cfg: TrainConfig, console: Console) -> Store:
     return open_store(path, expected_config=cfg.encoding)
 
 
-def data_fingerprint(store: Store) -> dict[str, Any]:
-    """What identifies the data a run saw: encoding config hash, game count and the md5 of the game list."""
-    md5s = sorted(g.md5 for g in store.games)
-    return {
-        "store": str(store.path),
-        "config_hash": store.manifest["config_hash"],
-        "games": len(md5s),
-        "frames": store.num_frames,
-        "games_md5": hashlib.md5("\n".join(md5s).encode()).hexdigest(),
-    }
-
-
 def train(cfg: DictConfig | TrainConfig | dict, extra_callbacks: list[Callback] | None = None) -> dict[str, float]:
     """Run one training job and return its final metrics (every logged scalar, as floats).
 
@@ -148,7 +140,10 @@ def train(cfg: DictConfig | TrainConfig | dict, extra_callbacks: list[Callback] 
     _, multirun = hydra_output_dir()
     check_strategy(config, multirun)
     run_dir = resolve_run_dir(config)
-    resume_from = claim_run_dir(run_dir, config)
+    resume = claim_run_dir(run_dir, config)
+    for line in resume.describe() if resume else []:
+        console.print(line, soft_wrap=True)
+    resume_from = resume.path if resume else None
     store = prepare_store(config, console)
 
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -173,6 +168,7 @@ def train(cfg: DictConfig | TrainConfig | dict, extra_callbacks: list[Callback] 
         default_root_dir=str(run_dir),
         logger=loggers or False,
         callbacks=callbacks + list(extra_callbacks or []),
+        plugins=[AtomicCheckpointIO()],
         use_distributed_sampler=False,  # the WindowBatchSampler splits windows across ranks itself
     )
     try:

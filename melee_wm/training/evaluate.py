@@ -11,8 +11,6 @@ must equal the checkpoint's (`StoreConfigError` names the differing fields).
 from __future__ import annotations
 
 import json
-import pickle
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -21,40 +19,7 @@ import torch
 from melee_wm.data.store import open_store
 from melee_wm.eval.pictures import save_pictures
 from melee_wm.eval.rollout_eval import RolloutReport, evaluate_rollouts, rollout_windows, save_report
-from melee_wm.training.module import WorldModelModule
-from melee_wm.training.run import CHECKPOINT_DIR, FINGERPRINT_FILE, data_fingerprint
-
-HPARAM_KEYS = ("config", "target_stats")
-
-
-class CheckpointError(ValueError):
-    """A file that is not a world-model checkpoint."""
-
-
-def load_world_model(path: str | Path, device: str | torch.device = "cpu") -> WorldModelModule:
-    """A `WorldModelModule` from a checkpoint written by training, in eval mode on `device`.
-
-    FileNotFoundError when the file is absent; CheckpointError when it is not a PyTorch checkpoint or not one
-    of a world model (no `config` / `target_stats` hyperparameters or a state dict that does not fit)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, OSError) as err:
-        raise CheckpointError(f"{path} is not a PyTorch checkpoint ({type(err).__name__}: {err})") from None
-    hparams = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
-    if not isinstance(hparams, dict) or not all(k in hparams for k in HPARAM_KEYS) or "state_dict" not in ckpt:
-        raise CheckpointError(
-            f"{path} is not a world-model checkpoint: it lacks the WorldModelModule hyperparameters {HPARAM_KEYS} "
-            "or a state_dict"
-        )
-    try:
-        module = WorldModelModule(hparams["config"], hparams["target_stats"], hparams.get("baseline_scores"))
-        module.load_state_dict(ckpt["state_dict"])
-    except (RuntimeError, KeyError, TypeError) as err:
-        raise CheckpointError(f"{path}: its weights do not fit the model its config describes ({err})") from None
-    return module.to(device).eval()
+from melee_wm.training.checkpoint import CHECKPOINT_DIR, FINGERPRINT_FILE, data_fingerprint, load_world_model
 
 
 def training_fingerprint(checkpoint: Path) -> dict[str, Any] | None:
