@@ -27,7 +27,6 @@ from melee_wm.eval.baselines import score_baselines
 from melee_wm.frames.targets import target_statistics
 from melee_wm.samples import sample_dir
 from melee_wm.training.callbacks import HISTORY_FILE, build_callbacks
-from melee_wm.training.compose import ConfigError, to_container, train_config_from_dict
 from melee_wm.training.checkpoint import (
     CHECKPOINT_DIR,
     FINGERPRINT_FILE,
@@ -36,6 +35,7 @@ from melee_wm.training.checkpoint import (
     data_fingerprint,
     find_resume_point,
 )
+from melee_wm.training.compose import ConfigError, to_container, train_config_from_dict
 from melee_wm.training.config import TrainConfig
 from melee_wm.training.loggers import build_loggers, finish_loggers
 from melee_wm.training.module import WorldModelModule

@@ -12,8 +12,8 @@ from melee_wm.data.manifest import StoreConfigError, StoreError
 from melee_wm.samples import SampleReplaysError
 from melee_wm.training.callbacks import NonFiniteLossError
 from melee_wm.training.checkpoint import CheckpointError
-from melee_wm.training.run import RunDirError
 from melee_wm.training.compose import ConfigError
+from melee_wm.training.run import RunDirError
 
 # Raised with a message that names what to fix; anything else is a bug and keeps its traceback.
 USER_ERRORS = (
