@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import peppi_py
 import pyarrow as pa
 
 from melee_wm.constants import NUM_PLAYERS
@@ -213,6 +212,8 @@ def parse_replay(path: str | Path, md5: str | BackgroundMd5 | None = None) -> Pa
     if md5 is None:
         with contextlib.suppress(OSError):  # an unreadable file is reported by peppi, just below
             md5 = BackgroundMd5(path)
+    import peppi_py  # here, not at the top: importing the package's data types needs no replay parser
+
     try:
         game = peppi_py.read_slippi(str(path))
     except OSError as err:
