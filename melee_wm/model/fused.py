@@ -21,7 +21,9 @@ import torch
 
 from melee_wm.model.config import AUTO_BACKEND
 
-log = logging.getLogger(__name__)
+# A child of Lightning's logger: its console handler (INFO, set up when lightning.pytorch is imported) prints the
+# backend decision beside "GPU available: True"; outside Lightning the usual logging rules apply.
+log = logging.getLogger("lightning.pytorch.melee_wm.backend")
 # Chunk sizes upstream tests its fused scan at; the fused path runs the smallest one covering the configured
 # chunk (the chunked scan is exact for any chunk size, so this changes rounding only).
 FUSED_CHUNK_SIZES = (64, 128, 256)
@@ -105,5 +107,5 @@ def resolve_backend(backend: str) -> str:
     except RuntimeError as err:
         log.warning("model backend auto -> torch (the slower PyTorch path on CUDA): %s", err)
         return "torch"
-    log.warning("model backend auto -> mamba_ssm: kernels from %s", kernels.source)
+    log.info("model backend auto -> mamba_ssm: kernels from %s", kernels.source)
     return "mamba_ssm"
