@@ -41,6 +41,7 @@ WHEELS = (
 SDIST_ONLY_WHEELS = ("antlr4-python3-runtime==4.9.3",)  # omegaconf's parser: no wheel on the index, built here
 MAMBA_SSM_SDIST = "mamba_ssm-2.3.2.post1.tar.gz"
 MAMBA_SSM_SHA256 = "104cc47e9101e5401a675fa2b784f2952b9b037f3b1dd83b5ac544394e95d028"
+STORE_SHARD_FRAMES = 8000
 WHEELS_DIR, SOURCES_DIR, STORE_DIR, SITE_DIR = "wheels", "sources", "store", "site"
 
 
@@ -101,7 +102,8 @@ def write_bundle(out: Path, replays: Path) -> dict[str, Any]:
     if impure:
         raise BundleError(f"{impure}: not pure-Python wheels; they would not install on the CUDA machine's Python")
     _fetch_mamba_ssm_sdist(sources)
-    store = build_store([replays], out / STORE_DIR, EncodingConfig(), progress=False)
+    # Small shards, so the device-resident gathers on the GPU cross shard boundaries as on a real store.
+    store = build_store([replays], out / STORE_DIR, EncodingConfig(), shard_frames=STORE_SHARD_FRAMES, progress=False)
     files = {str(p.relative_to(out)): _sha256(p) for p in sorted(out.rglob("*")) if p.is_file()}
     size = sum((out / name).stat().st_size for name in files)
     if size > MAX_BYTES:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 import time
@@ -60,9 +61,9 @@ class Context:
     work: Path
 
 
-def _run(command: list[str], timeout: float) -> subprocess.CompletedProcess:
-    """Run a command from the repository root with this environment; output captured."""
-    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout, check=False)
+def _run(command: list[str], timeout: float, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run a command from the repository root (with this environment unless `env`); output captured."""
+    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout, check=False)
 
 
 def _tail(done: subprocess.CompletedProcess, lines: int = 25) -> str:
@@ -144,7 +145,8 @@ def gpu_tests(ctx: Context) -> list[StepResult]:
     _need_cuda()
     report = ctx.work / "gpu_tests.xml"
     command = [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-rs", "-p", "no:cacheprovider"]
-    done = _run([*command, f"--junitxml={report}", "tests/gpu"], timeout=10_000)
+    env = {**os.environ, "MELEE_WM_TEST_STORE": str(ctx.store)}  # tests/gpu/test_cuda_data.py reads it
+    done = _run([*command, f"--junitxml={report}", "tests/gpu"], timeout=10_000, env=env)
     if not report.is_file():
         raise RuntimeError(f"pytest wrote no report (exit {done.returncode}):\n{_tail(done)}")
     results = []
