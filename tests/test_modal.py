@@ -195,6 +195,15 @@ def test_train_body_runs_locally_and_commits_after_each_checkpoint_save(tmp_path
     assert json.loads((run_dir / "final_metrics.json").read_text()) == pytest.approx(result["metrics"])
 
 
+def test_train_body_reports_a_ddp_spawn_run_from_rank_0(tmp_path, replay_dir, monkeypatch):
+    """Under ddp_spawn the training runs in child processes: the report still carries their losses and steps."""
+    monkeypatch.setenv("MELEE_WM_SAMPLES", str(replay_dir))
+    spawn = ["trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp_spawn", "run_name=spawned"]
+    result = jobs.train_job([*TINY_TRAINING, *spawn], tmp_path)
+    assert result["global_step"] == 5 and len(result["first_losses"]) == 3 and result["commits"] == 0
+    assert (tmp_path / "runs" / "spawned" / jobs.RUN_REPORT_FILE).is_file()
+
+
 def test_missing_store_or_checkpoint_is_a_file_not_found_error_naming_it(tmp_path):
     missing = tmp_path / "no_store"
     overrides = [*TINY_TRAINING, "data=store", f"data.store={missing}", "run_name=x"]

@@ -27,6 +27,7 @@ from melee_wm.training import train
 from melee_wm.training.run import CHECKPOINT_DIR, LAST_CHECKPOINT, resolve_run_dir
 from melee_wm.training.schema import ConfigError, compose_train_config, train_config_from_dict
 
+RUN_REPORT_FILE = "run_report.json"  # what the run showed, written by rank 0 (see RunReport)
 # Paths the launcher owns: they point at the volume.
 VOLUME_KEYS = ("paths.runs_dir", "paths.stores_dir", "paths.run_dir")
 # The cloud smoke test: the smoke experiment on one GPU, both loggers, one short epoch.
@@ -173,9 +174,9 @@ def train_job(
     last = run_dir / CHECKPOINT_DIR / LAST_CHECKPOINT
     if config.resume and not last.is_file():
         raise FileNotFoundError(f"resume=true but there is no checkpoint {last} (no run to continue in {run_dir})")
-    report = RunReport()
     committer = CommitVolumeOnSave(commit) if commit is not None else None
-    callbacks = [report] + ([committer] if committer else [])
+    report = RunReport(run_dir / RUN_REPORT_FILE, committer)
+    callbacks = ([committer] if committer else []) + [report]  # the committer first: its last commit is counted
     failed = True
     try:
         metrics = train(config, extra_callbacks=callbacks)
@@ -189,12 +190,13 @@ def train_job(
                     raise
                 warnings.warn(f"final volume commit failed after a failed run: {err}", stacklevel=2)
     checkpoints = sorted(p.name for p in (run_dir / CHECKPOINT_DIR).glob("*.ckpt"))
+    shown = report.read()  # written by rank 0: under ddp_spawn this process's own callbacks saw nothing
     return {
         "run_dir": str(run_dir),
         "metrics": metrics,
         "checkpoints": checkpoints,
-        "commits": (committer.commits + 1) if committer else 0,
-        **report.as_dict(),
+        **shown,
+        "commits": shown["commits"] + 1 if committer else 0,  # + the final commit above
     }
 
 
