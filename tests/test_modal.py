@@ -67,7 +67,7 @@ def test_declared_gpus_timeouts_and_volume_are_valid():
     assert spec.TRAIN_TIMEOUT_S == 24 * 3600
     for good in (spec.DEFAULT_GPU, spec.SMOKE_GPU, "h100:8", "A100-80GB:2"):
         spec.check_gpu(good)
-    for bad in ("A100:99", "A100:0", "V100", "H100:two"):
+    for bad in ("A100:99", "A100:0", "V100", "H100:two", "B200", "A10G:5"):
         with pytest.raises(ValueError, match="GPU"):
             spec.check_gpu(bad)
     with pytest.raises(ValueError, match="outside"):
@@ -86,7 +86,12 @@ def test_shipped_paths():
 
 def test_launcher_arguments():
     options, overrides = jobs.split_launcher_args(["--gpu=h100:2", "--fused", "optim.lr=1e-3"], spec.DEFAULT_GPU)
-    assert (str(options.gpu), options.fused, overrides) == ("H100:2", True, ["optim.lr=1e-3"])
+    fused = ["optim.lr=1e-3", "model.backend=mamba_ssm"]
+    assert (str(options.gpu), options.fused, overrides) == ("H100:2", True, fused)
+    with pytest.raises(ValueError, match="--fused selects"):
+        jobs.split_launcher_args(["--fused", "model.backend=auto"], spec.DEFAULT_GPU)
+    with pytest.raises(ValueError, match="no kernels for T4"):
+        jobs.split_launcher_args(["--fused", "--gpu=T4"], spec.DEFAULT_GPU)
     options, _ = jobs.split_launcher_args([], spec.DEFAULT_GPU)
     assert str(options.gpu) == spec.DEFAULT_GPU and not options.fused
     with pytest.raises(ValueError, match="--gpus"):
@@ -120,6 +125,11 @@ def test_plan_checks_gpus_and_accelerator():
         jobs.plan_train([*gpu_run, "trainer.devices=2"], ONE_GPU, "/vol")
     with pytest.raises(ConfigError, match="ddp_spawn"):
         jobs.plan_train([*gpu_run, "trainer.strategy=ddp"], spec.check_gpu("A100:2"), "/vol")
+    with pytest.raises(ConfigError, match="T4 has no bf16"):
+        jobs.plan_train(gpu_run, spec.check_gpu("T4"), "/vol")
+    assert spec.check_gpu("A10G:4").count == 4 and "trainer.precision=16-mixed" in jobs.plan_train(
+        [*gpu_run, "trainer.precision=16-mixed"], spec.check_gpu("T4"), "/vol"
+    )
     with pytest.raises(ConfigError, match=r"paths\.runs_dir"):
         jobs.plan_train([*gpu_run, "paths.runs_dir=/tmp"], ONE_GPU, "/vol")
     with pytest.raises(ConfigError, match="run_name"):

@@ -65,22 +65,23 @@ def _pip(*args: str) -> None:
         raise BundleError(f"pip {' '.join(args)} failed ({done.returncode}):\n{output}")
 
 
-def _fetch_mamba_ssm_sdist(dest: Path) -> Path:
-    """mamba-ssm's sdist from the index pip uses (PEP 691 listing), checked against the pinned sha256."""
+def fetch_sdist(project: str, filename: str, sha256: str, dest: Path) -> Path:
+    """An sdist from the index pip uses (its PEP 691 listing: sdist-only projects cannot be `pip download`ed
+    without building them), checked against the pinned `sha256`; returns its path in `dest`."""
     from melee_wm.samples import index_url
 
-    page = urllib.parse.urljoin(index_url(), "mamba-ssm/")
+    page = urllib.parse.urljoin(index_url(), f"{project}/")
     request = urllib.request.Request(page, headers={"Accept": "application/vnd.pypi.simple.v1+json"})
     with urllib.request.urlopen(request, timeout=60) as response:
         files = {f["filename"]: f for f in json.load(response)["files"]}
-    if MAMBA_SSM_SDIST not in files:
-        raise BundleError(f"{MAMBA_SSM_SDIST} is not listed on {page}")
-    url = urllib.parse.urljoin(page, files[MAMBA_SSM_SDIST]["url"])
-    path = dest / MAMBA_SSM_SDIST
+    if filename not in files:
+        raise BundleError(f"{filename} is not listed on {page}")
+    path = dest / filename
+    url = urllib.parse.urljoin(page, files[filename]["url"])
     with urllib.request.urlopen(url, timeout=120) as response, path.open("wb") as out:
         shutil.copyfileobj(response, out)
-    if _sha256(path) != MAMBA_SSM_SHA256:
-        raise BundleError(f"{path}: sha256 {_sha256(path)} differs from the pinned {MAMBA_SSM_SHA256}")
+    if _sha256(path) != sha256:
+        raise BundleError(f"{path}: sha256 {_sha256(path)} differs from the pinned {sha256}")
     return path
 
 
@@ -101,7 +102,7 @@ def write_bundle(out: Path, replays: Path) -> dict[str, Any]:
     impure = [p.name for p in wheels.glob("*.whl") if not p.name.endswith("-none-any.whl")]
     if impure:
         raise BundleError(f"{impure}: not pure-Python wheels; they would not install on the CUDA machine's Python")
-    _fetch_mamba_ssm_sdist(sources)
+    fetch_sdist("mamba-ssm", MAMBA_SSM_SDIST, MAMBA_SSM_SHA256, sources)
     # Small shards, so the device-resident gathers on the GPU cross shard boundaries as on a real store.
     store = build_store([replays], out / STORE_DIR, EncodingConfig(), shard_frames=STORE_SHARD_FRAMES, progress=False)
     files = {str(p.relative_to(out)): _sha256(p) for p in sorted(out.rglob("*")) if p.is_file()}
