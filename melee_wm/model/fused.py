@@ -97,6 +97,8 @@ def resolve_backend(backend: str) -> str:
     PyTorch path computes it). Others are returned unchanged."""
     if backend == "mamba_ssm" and torch.cuda.is_available():
         log.info("model backend mamba_ssm: kernels from %s", load_mamba_ssm().source)
+    elif backend == "mamba_ssm":
+        log.warning("model backend mamba_ssm without CUDA: the PyTorch path computes it (same weights)")
     if backend != AUTO_BACKEND:
         return backend
     if not torch.cuda.is_available():
