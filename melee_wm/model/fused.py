@@ -46,16 +46,20 @@ def fused_chunk_size(chunk_size: int) -> int:
     return next((c for c in FUSED_CHUNK_SIZES if c >= chunk_size), FUSED_CHUNK_SIZES[-1])
 
 
-def _import_triton_only() -> None:
-    """Import mamba_ssm's Triton modules with the package registered but its `__init__` not run."""
+def _import_kernel_modules() -> tuple[object, object]:
+    """mamba_ssm's SSD scan and gated-norm modules (both plain Triton)."""
+    return tuple(importlib.import_module(name) for name in _TRITON_MODULES)
+
+
+def _import_triton_only() -> tuple[object, object]:
+    """The kernel modules with the mamba_ssm package registered but its `__init__` not run."""
     spec = importlib.util.find_spec("mamba_ssm")
     if spec is None or spec.submodule_search_locations is None:
         raise ImportError("no mamba_ssm package on the path")
     for name in [n for n in sys.modules if n == "mamba_ssm" or n.startswith("mamba_ssm.")]:
         del sys.modules[name]  # a failed package import leaves half-initialised modules behind
     sys.modules["mamba_ssm"] = importlib.util.module_from_spec(spec)  # a package object, `__init__` not executed
-    for name in _TRITON_MODULES:
-        importlib.import_module(name)
+    return _import_kernel_modules()
 
 
 @functools.cache
@@ -63,19 +67,18 @@ def load_mamba_ssm() -> MambaSsmKernels:
     """Import mamba_ssm's kernels (and causal_conv1d's, when installed), or raise saying what is missing."""
     try:
         importlib.import_module("mamba_ssm")
+        ssd, norm = _import_kernel_modules()
         source = "package"
     except Exception as err:  # ImportError, or OSError/RuntimeError from its compiled extension
         source = f"triton_only: importing the mamba_ssm package failed ({type(err).__name__}: {err})"
         try:
-            _import_triton_only()
+            ssd, norm = _import_triton_only()
         except Exception as inner:
             raise RuntimeError(
                 "Mamba2(backend='mamba_ssm') needs mamba_ssm's kernels (pip install 'melee_wm[cuda]' on a CUDA "
                 f"machine); importing the package failed: {type(err).__name__}: {err}; importing its Triton "
                 f"modules alone failed: {type(inner).__name__}: {inner}. Use backend='torch' otherwise."
             ) from inner
-    ssd = importlib.import_module(_TRITON_MODULES[0])
-    norm = importlib.import_module(_TRITON_MODULES[1])
     try:
         from causal_conv1d import causal_conv1d_fn
     except ImportError:

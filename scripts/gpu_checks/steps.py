@@ -185,7 +185,7 @@ def train_steps(ctx: Context) -> list[StepResult]:
     windows.to("cuda")
     g = torch.Generator().manual_seed(0)
     picks = [torch.randint(len(windows), (BATCH,), generator=g).sort().values for _ in range(TIMED_STEPS + 3)]
-    results = [_timed("device_resident_loader", lambda i: windows.get_batch(picks[i]), len(picks), BATCH)]
+    results = [_timed("device_resident_loader", lambda i: windows.get_batch(picks[i % len(picks)]), len(picks), BATCH)]
     for preset in TRAIN_PRESETS:
         for backend in BACKENDS:
             name = f"train_step:{preset}/{backend}"
@@ -259,7 +259,7 @@ def _train(ctx: Context, overrides: tuple[str, ...], run_name: str) -> dict[str,
     assert not bad, f"non-finite final metrics: {bad}"
     assert (run_dir / "checkpoints" / "last.ckpt").is_file(), f"no last.ckpt in {run_dir}/checkpoints"
     backend = [line for line in (done.stdout + done.stderr).splitlines() if "model backend" in line]
-    keys = ("val/loss", "val/pos_mae", "val/change_acc/all", "train/loss")
+    keys = ("val/loss", "val/pos_mae/all", "baseline/constant_velocity/pos_mae/all", "val/change_acc/all", "train/loss")
     return {"metrics": {k: metrics[k] for k in keys if k in metrics}, "backend_log": backend[-1:]}
 
 
