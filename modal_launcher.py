@@ -44,7 +44,7 @@ fused_image = _with_source(
     _runtime(modal.Image.from_registry(spec.CUDA_DEVEL_IMAGE, add_python=spec.PYTHON_VERSION))
     .env(spec.MAMBA_BUILD_ENV)
     .pip_install(*spec.MAMBA_BUILD_DEPS)
-    .pip_install(*spec.MAMBA_PACKAGES, extra_options="--no-build-isolation")
+    .pip_install(*spec.MAMBA_PACKAGES, *spec.MAMBA_RUNTIME_PINS, extra_options="--no-build-isolation")
 )
 
 volume = modal.Volume.from_name(spec.volume_name(), create_if_missing=True)

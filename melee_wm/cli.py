@@ -16,8 +16,9 @@ from melee_wm.data.config import DataConfig
 from melee_wm.data.dataset import MeleeDataset
 from melee_wm.data.merge import merge_stores
 from melee_wm.data.pipeline import StoreFilters
-from melee_wm.data.store import Store, StoreConfigError, StoreError, open_store, print_summary
+from melee_wm.data.store import Store, StoreConfigError, StoreError, open_store
 from melee_wm.data.store_writer import build_store
+from melee_wm.data.summary import print_summary
 from melee_wm.encoding.config import load_encoding_config
 from melee_wm.eval.baselines import BASELINES, score_baselines
 from melee_wm.samples import SampleReplaysError, fetch_samples, sample_dir

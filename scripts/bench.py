@@ -3,7 +3,8 @@
 Each benchmark lives in ``scripts/benchmarks/NAME.py`` and defines ``run(quick: bool)``, a generator of
 result dicts made by ``benchmarks._common.record``: each carries ``name`` (what it measured) and is printed as
 one JSON line. The last one is ``benchmarks._common.summary``: ``name: "summary"``, ``ratio`` (measured),
-``target`` (what the ratio should reach) and ``passed``.
+``target`` (what the ratio should reach) and ``passed``. Exit status: 0 only when the summary says ``passed``,
+1 when it does not (or no summary came), so a script or CI step cannot read a missed target as a success.
 """
 
 from __future__ import annotations
@@ -40,6 +41,12 @@ def main(argv: list[str] | None = None) -> int:
         last = record
     if last is None or last["name"] != common.SUMMARY or not set(common.SUMMARY_KEYS) <= last.keys():
         print(f"benchmark {args.name!r} ended without a summary carrying {common.SUMMARY_KEYS}", file=sys.stderr)
+        return 1
+    if not last["passed"]:
+        print(
+            f"benchmark {args.name!r}: its summary says passed: false (ratio {last['ratio']}, target {last['target']})",
+            file=sys.stderr,
+        )
         return 1
     return 0
 

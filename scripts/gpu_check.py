@@ -1,17 +1,22 @@
-"""The GPU check in one command: `python scripts/gpu_check.py` on a CUDA machine (one GPU, under 8 minutes).
+"""The GPU check, in one command on a bare CUDA machine without network.
 
-It runs, each as a subprocess with its own time limit, and prints one JSON summary (exit 0 only if all pass):
-1. the `gpu`-marked tests (fused-kernel parity with our pure-PyTorch Mamba-2 block, weight transfer both ways,
-   in-place recurrent steps continuing either backend's forward);
-2. `scripts/bench.py model_gpu`: bf16 training steps of mamba2_base and mamba2_large, both backends, batch 512,
-   K 30 (samples/s, peak memory), and the device-resident loader's gather rate;
-3. a short `experiment=mamba2_base` training on the sample store with the fused backend.
-Without CUDA it says so and exits 2 before running anything. Needs the package with its `dev` and `cuda`
-extras (`pip install -e '.[dev,cuda]'`) and the sample replays (`MELEE_WM_SAMPLES` or the cache).
+    python scripts/gpu_check.py --bundle DIR          # any machine with the dev environment and the package index
+    python scripts/gpu_check.py --from-bundle DIR     # the CUDA machine, from the repository root
+    python scripts/gpu_check.py                       # a machine with the package's own environment installed
+
+`--bundle` writes what the CUDA machine lacks (pure-Python wheels, mamba-ssm's source, the sample store; at most
+40 MiB: `gpu_checks/bundle.py`). `--from-bundle` installs it offline into DIR/site and runs the steps of
+`gpu_checks/steps.py`, each in its own subprocess with a time limit, within `--budget` seconds in all: imports,
+the store, CUDA, the `gpu` tests (one verdict each), bf16 training steps of mamba2_base and mamba2_large with
+both backends on the device-resident loader, a short Lightning training of the smoke experiment, a rollout on
+CUDA against the CPU, and mamba2_base as configured. Each step ran and held, ran and failed, or could not run
+(with why); the JSON report (also written to `--report`, after every step) ends the output. Exit 0 only when
+every step that could run held; 1 when one failed; 2 without CUDA (the steps before it still run).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -20,79 +25,119 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-NO_CUDA_EXIT = 2
-# Seconds per step; together under 8 minutes.
-LIMITS = {"gpu_tests": 120, "bench_model_gpu": 180, "train_fused": 170}
-TRAIN_OVERRIDES = (
-    "experiment=mamba2_base",
-    "data=samples",  # the six sample replays, encoded into the run's stores_dir on first use
-    "model.backend=mamba_ssm",
-    "logger=csv",
-    "trainer.max_epochs=1",
-    "trainer.limit_train_batches=40",
-    "trainer.limit_val_batches=5",
-    "trainer.enable_progress_bar=false",
-    "run_name=gpu_check",
-)
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # gpu_checks/ and benchmarks/ beside this script
+
+from gpu_checks.bundle import BundleError, install_bundle, write_bundle
+from gpu_checks.steps import CUDA_STEP, REPO, STEPS, Context
+from gpu_checks.verdict import COULD_NOT_RUN, FAILED, HELD, CouldNotRun, StepResult, summarise
+
+RESULT_PREFIX = "GPU_CHECK_RESULT "
+DEFAULT_BUDGET_S = 540  # under the 10 minutes one device command may take, with room for the install
 
 
-def _run(name: str, command: list[str], env: dict[str, str]) -> dict:
-    """Run one step; returns {ok, seconds, returncode, tail} (tail: the last lines of its output)."""
+def run_step_here(name: str, ctx: Context) -> None:
+    """Body of `--step NAME`: run one step in this process and print its results as one prefixed JSON line."""
+    fn, _ = STEPS[name]
     start = time.perf_counter()
     try:
-        done = subprocess.run(
-            command, cwd=REPO, env=env, capture_output=True, text=True, timeout=LIMITS[name], check=False
-        )
-        code, output = done.returncode, done.stdout + done.stderr
-    except subprocess.TimeoutExpired as err:
-        code, output = None, f"timed out after {LIMITS[name]} s\n{(err.stdout or b'')[-2000:]!r}"
-    lines = output.strip().splitlines()
-    seconds = round(time.perf_counter() - start, 1)
-    return {"ok": code == 0, "seconds": seconds, "returncode": code, "tail": lines[-15:], "_lines": lines}
+        out = fn(ctx)
+        results = out if isinstance(out, list) else [StepResult(name, HELD, figures=out)]
+    except CouldNotRun as err:
+        results = [StepResult(name, COULD_NOT_RUN, str(err))]
+    except Exception as err:
+        results = [StepResult(name, FAILED, f"{type(err).__name__}: {err}")]
+    seconds = round(time.perf_counter() - start, 2)
+    for r in results:
+        r.seconds = r.seconds or seconds
+    print(RESULT_PREFIX + json.dumps([r.as_dict() for r in results]), flush=True)
 
 
-def _bench_summary(step: dict) -> None:
-    """Lift the benchmark's JSON lines (train steps, loader, summary) out of its output."""
-    for line in step["_lines"]:
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict) and "name" in record:
-            step.setdefault("records", []).append(record)
+def run_step(name: str, ctx: Context, env: dict[str, str], limit: float) -> list[StepResult]:
+    """Run one step in a subprocess within `limit` seconds; its verdicts, or a failure saying what went wrong."""
+    command = [sys.executable, str(Path(__file__).resolve()), "--step", name]
+    command += ["--store", str(ctx.store), "--work", str(ctx.work)]
+    start = time.perf_counter()
+    try:
+        done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=limit, check=False)
+    except subprocess.TimeoutExpired:
+        return [StepResult(name, FAILED, f"did not finish within {limit:.0f} s", round(time.perf_counter() - start))]
+    for line in reversed(done.stdout.splitlines()):
+        if line.startswith(RESULT_PREFIX):
+            return [StepResult(**r) for r in json.loads(line[len(RESULT_PREFIX) :])]
+    tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-20:])
+    return [StepResult(name, FAILED, f"the step process exited {done.returncode} without a result:\n{tail}")]
 
 
-def main() -> int:
-    import torch
+def run_check(store: Path, work: Path, env: dict[str, str], budget: float, report_path: Path | None, extra: dict):
+    """Every step in order (after a missing CUDA only the ones before it), the report printed and written;
+    returns the exit status."""
+    deadline = time.monotonic() + budget
+    ctx = Context(store=store, work=work)
+    results: list[StepResult] = []
+    cuda = True
+    report: dict = {}
+    for name, (_, limit) in STEPS.items():
+        left = deadline - time.monotonic()
+        if not cuda:
+            results.append(StepResult(name, COULD_NOT_RUN, "no CUDA device"))
+        elif left < 10:
+            results.append(StepResult(name, COULD_NOT_RUN, f"the check's {budget:.0f} s budget was spent"))
+        else:
+            results += run_step(name, ctx, env, min(limit, left))
+            last = results[-1]
+            why = last.why.splitlines()[0] if last.why else ""
+            print(f"gpu_check: {name}: {last.verdict} {why}", file=sys.stderr, flush=True)
+            if name == CUDA_STEP and last.verdict != HELD:
+                cuda = False
+        verdict, code = summarise(results, cuda)
+        report = {**verdict, **extra, "steps": [r.as_dict() for r in results]}
+        if report_path is not None:
+            report_path.write_text(json.dumps(report, indent=1))
+    print(json.dumps(report, indent=1))
+    if not cuda:
+        print("gpu_check: CUDA is missing: the steps before it ran, the rest could not (exit 2)", file=sys.stderr)
+    return code
 
-    if not torch.cuda.is_available():
-        print(json.dumps({"cuda": False, "passed": False, "error": "no CUDA device: this check needs one GPU"}))
-        print("gpu_check: no CUDA device here (torch.cuda.is_available() is False); nothing was run", file=sys.stderr)
-        return NO_CUDA_EXIT
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--bundle", type=Path, metavar="DIR", help="write the bundle into DIR (new or empty)")
+    mode.add_argument("--from-bundle", type=Path, metavar="DIR", help="install DIR offline and run the check")
+    mode.add_argument("--step", choices=list(STEPS), help=argparse.SUPPRESS)
+    parser.add_argument("--store", type=Path, help="the encoded store to use (default: the bundle's)")
+    parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--replays", type=Path, help="--bundle: replays to encode (default: the six samples)")
+    parser.add_argument("--budget", type=float, default=DEFAULT_BUDGET_S, help="seconds for all steps together")
+    parser.add_argument("--report", type=Path, help="also write the JSON report here, after every step")
+    args = parser.parse_args(argv)
+    if args.step:
+        run_step_here(args.step, Context(store=args.store, work=args.work))
+        return 0
+    if args.bundle:
+        from melee_wm.samples import sample_dir
+
+        manifest = write_bundle(args.bundle, args.replays or sample_dir())
+        size = manifest["bytes"] / 2**20
+        print(f"bundle {args.bundle}: {size:.1f} MiB, {len(manifest['files'])} files", file=sys.stderr)
+        return 0
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    steps: dict[str, dict] = {}
-    steps["gpu_tests"] = _run("gpu_tests", [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-rs", "tests"], env)
-    steps["bench_model_gpu"] = _run("bench_model_gpu", [sys.executable, "scripts/bench.py", "model_gpu"], env)
-    _bench_summary(steps["bench_model_gpu"])
-    with tempfile.TemporaryDirectory(prefix="melee_wm_gpu_check_") as runs:
-        paths = [f"paths.runs_dir={runs}/runs", f"paths.stores_dir={runs}/stores"]
-        steps["train_fused"] = _run("train_fused", [sys.executable, "train.py", *TRAIN_OVERRIDES, *paths], env)
-        metrics = Path(runs) / "runs" / "gpu_check" / "final_metrics.json"
-        if metrics.is_file():
-            values = json.loads(metrics.read_text())
-            steps["train_fused"]["metrics"] = {k: v for k, v in values.items() if k.startswith(("val/", "train/"))}
-    for step in steps.values():
-        step.pop("_lines")
-    report = {
-        "cuda": True,
-        "device": torch.cuda.get_device_name(),
-        "torch": torch.__version__,
-        "passed": all(s["ok"] for s in steps.values()),
-        "steps": steps,
-    }
-    print(json.dumps(report, indent=2))
-    return 0 if report["passed"] else 1
+    extra: dict = {}
+    store = args.store
+    if args.from_bundle:
+        try:
+            installed = install_bundle(args.from_bundle)
+        except BundleError as err:
+            print(f"gpu_check: {err}", file=sys.stderr)
+            return 1
+        extra["bundle"] = installed
+        store = store or Path(installed["store"])
+        path = [installed["site"], str(REPO), env.get("PYTHONPATH", "")]
+        env["PYTHONPATH"] = os.pathsep.join(p for p in path if p)
+    if store is None:
+        parser.error("--store STORE is needed without --from-bundle")
+    with tempfile.TemporaryDirectory(prefix="melee_wm_gpu_check_") as work:
+        return run_check(store.resolve(), Path(work), env, args.budget, args.report, extra)
 
 
 if __name__ == "__main__":

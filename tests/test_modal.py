@@ -1,6 +1,8 @@
 """The Modal launcher, offline (no token, no network): what it declares, how it plans runs, and the bodies of
 its functions run locally with a temporary folder standing in for the volume."""
 
+# ruff: noqa: E402  (the imports below follow the importorskip of a package a bare GPU machine lacks)
+
 from __future__ import annotations
 
 import inspect
@@ -12,9 +14,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import modal
 import pytest
 import yaml
+
+modal = pytest.importorskip("modal")  # absent on a bare GPU machine, where `pytest -m gpu tests` collects this
+
 from modal.cli.run import _get_click_command_for_local_entrypoint
 from test_merge import assert_same_store  # tests/ is on sys.path (no __init__.py: pytest prepends it)
 
@@ -63,7 +67,7 @@ def test_declared_gpus_timeouts_and_volume_are_valid():
     assert spec.TRAIN_TIMEOUT_S == 24 * 3600
     for good in (spec.DEFAULT_GPU, spec.SMOKE_GPU, "h100:8", "A100-80GB:2"):
         spec.check_gpu(good)
-    for bad in ("A100:99", "A100:0", "V100", "H100:two"):
+    for bad in ("A100:99", "A100:0", "V100", "H100:two", "B200", "A10G:5"):
         with pytest.raises(ValueError, match="GPU"):
             spec.check_gpu(bad)
     with pytest.raises(ValueError, match="outside"):
@@ -82,7 +86,12 @@ def test_shipped_paths():
 
 def test_launcher_arguments():
     options, overrides = jobs.split_launcher_args(["--gpu=h100:2", "--fused", "optim.lr=1e-3"], spec.DEFAULT_GPU)
-    assert (str(options.gpu), options.fused, overrides) == ("H100:2", True, ["optim.lr=1e-3"])
+    fused = ["optim.lr=1e-3", "model.backend=mamba_ssm"]
+    assert (str(options.gpu), options.fused, overrides) == ("H100:2", True, fused)
+    with pytest.raises(ValueError, match="--fused selects"):
+        jobs.split_launcher_args(["--fused", "model.backend=auto"], spec.DEFAULT_GPU)
+    with pytest.raises(ValueError, match="no kernels for T4"):
+        jobs.split_launcher_args(["--fused", "--gpu=T4"], spec.DEFAULT_GPU)
     options, _ = jobs.split_launcher_args([], spec.DEFAULT_GPU)
     assert str(options.gpu) == spec.DEFAULT_GPU and not options.fused
     with pytest.raises(ValueError, match="--gpus"):
@@ -117,6 +126,11 @@ def test_plan_checks_gpus_and_accelerator():
         jobs.plan_train([*gpu_run, "trainer.devices=2"], ONE_GPU, "/vol")
     with pytest.raises(ConfigError, match="ddp_spawn"):
         jobs.plan_train([*gpu_run, "trainer.strategy=ddp"], spec.check_gpu("A100:2"), "/vol")
+    with pytest.raises(ConfigError, match="T4 has no bf16"):
+        jobs.plan_train(gpu_run, spec.check_gpu("T4"), "/vol")
+    assert spec.check_gpu("A10G:4").count == 4 and "trainer.precision=16-mixed" in jobs.plan_train(
+        [*gpu_run, "trainer.precision=16-mixed"], spec.check_gpu("T4"), "/vol"
+    )
     with pytest.raises(ConfigError, match=r"paths\.runs_dir"):
         jobs.plan_train([*gpu_run, "paths.runs_dir=/tmp"], ONE_GPU, "/vol")
     with pytest.raises(ConfigError, match="run_name"):
@@ -191,6 +205,16 @@ def test_train_body_runs_locally_and_commits_after_each_checkpoint_save(tmp_path
     for name, mtime in final.items():
         assert any(seen.get(name) == mtime for seen in during), name
     assert json.loads((run_dir / "final_metrics.json").read_text()) == pytest.approx(result["metrics"])
+
+
+@pytest.mark.slow
+def test_train_body_reports_a_ddp_spawn_run_from_rank_0(tmp_path, replay_dir, monkeypatch):
+    """Under ddp_spawn the training runs in child processes: the report still carries their losses and steps."""
+    monkeypatch.setenv("MELEE_WM_SAMPLES", str(replay_dir))
+    spawn = ["trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp_spawn", "run_name=spawned"]
+    result = jobs.train_job([*TINY_TRAINING, *spawn], tmp_path)
+    assert result["global_step"] == 5 and len(result["first_losses"]) == 3 and result["commits"] == 0
+    assert (tmp_path / "runs" / "spawned" / jobs.RUN_REPORT_FILE).is_file()
 
 
 @pytest.mark.slow

@@ -292,16 +292,16 @@ def test_a_bug_in_our_code_stops_the_build_instead_of_skipping_files(replay_dir,
 
 def test_any_peppi_failure_is_a_skip_record(replay_dir, tmp_path, monkeypatch):
     """peppi raising something other than OSError (a Rust panic, a ValueError in its wrapper) skips the file."""
-    import melee_wm.replay.parse as parse
+    import peppi_py  # the parser imports it when it reads a file, so patching the module reaches it
 
-    real = parse.peppi_py.read_slippi
+    real = peppi_py.read_slippi
 
     def fails_on_netplay(path, *args, **kwargs):
         if "netplay" in path:
             raise ValueError("malformed event payload")
         return real(path, *args, **kwargs)
 
-    monkeypatch.setattr(parse.peppi_py, "read_slippi", fails_on_netplay)
+    monkeypatch.setattr(peppi_py, "read_slippi", fails_on_netplay)
     store = _build([_copy(replay_dir, TINY, tmp_path / "in")], tmp_path / "store")
     assert store.num_games == 1
     (skip,) = store.manifest["skipped"]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -70,10 +72,17 @@ class CommitVolumeOnSave(Callback):
 
 
 class RunReport(Callback):
-    """What a run showed: the first training losses, the last global step, and the W&B run's URL (or
-    "offline"; None without a W&B logger). Filled in the process that trains (not the parent of ddp_spawn)."""
+    """What a run showed: the first training losses, the last global step, the W&B run's URL (or "offline"; None
+    without a W&B logger) and the volume commits of `committer`.
 
-    def __init__(self, first_batches: int = 3) -> None:
+    Filled in the process that trains: under `ddp_spawn` that is a child, and the parent's copy stays empty. So
+    rank 0 also writes it to `path` at the end of fit (and when fit fails), and the parent reads it back
+    (`read`). List the committer before this callback, so its commit at the end of fit is counted.
+    """
+
+    def __init__(self, path: Path | None = None, committer: CommitVolumeOnSave | None = None, first_batches: int = 3):
+        self.path = path
+        self.committer = committer
         self.first_batches = first_batches
         self.first_losses: list[float] = []
         self.global_step = 0
@@ -91,5 +100,23 @@ class RunReport(Callback):
             self.first_losses.append(float(loss))
         self.global_step = trainer.global_step
 
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._write(trainer)
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self._write(trainer)
+
+    def _write(self, trainer: L.Trainer) -> None:
+        if self.path is not None and trainer.is_global_zero:
+            self.path.write_text(json.dumps(self.as_dict()))
+
     def as_dict(self) -> dict[str, Any]:
-        return {"first_losses": self.first_losses, "global_step": self.global_step, "wandb": self.wandb}
+        commits = self.committer.commits if self.committer is not None else 0
+        shown = {"first_losses": self.first_losses, "global_step": self.global_step, "wandb": self.wandb}
+        return {**shown, "commits": commits}
+
+    def read(self) -> dict[str, Any]:
+        """The report rank 0 wrote (whichever process trained), else this process's own."""
+        if self.path is not None and self.path.is_file():
+            return json.loads(self.path.read_text())
+        return self.as_dict()

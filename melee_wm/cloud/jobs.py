@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from melee_wm.cloud.callbacks import CommitVolumeOnSave, RunReport
-from melee_wm.cloud.spec import RUNS_SUBDIR, STORES_SUBDIR, GpuSpec, check_gpu
+from melee_wm.cloud.spec import NO_BF16, RUNS_SUBDIR, STORES_SUBDIR, GpuSpec, check_gpu
 from melee_wm.data.merge import merge_stores
 from melee_wm.data.pipeline import StoreFilters, find_replays
 from melee_wm.data.store_writer import build_store
@@ -28,6 +28,7 @@ from melee_wm.training.checkpoint import CHECKPOINT_DIR, LAST_CHECKPOINT
 from melee_wm.training.compose import ConfigError, compose_train_config, train_config_from_dict
 from melee_wm.training.run import resolve_run_dir
 
+RUN_REPORT_FILE = "run_report.json"  # what the run showed, written by rank 0 (see RunReport)
 # Paths the launcher owns: they point at the volume.
 VOLUME_KEYS = ("paths.runs_dir", "paths.stores_dir", "paths.run_dir")
 # The cloud smoke test: the smoke experiment on one GPU, both loggers, one short epoch.
@@ -56,7 +57,9 @@ class LaunchOptions:
 
 def split_launcher_args(args: Sequence[str], default_gpu: str) -> tuple[LaunchOptions, list[str]]:
     """(`--gpu=TYPE[:N]`, `--fused`) from the arguments, and the rest as Hydra overrides (which never start
-    with `--`). An unknown `--flag` is a ValueError naming it."""
+    with `--`). An unknown `--flag` is a ValueError naming it. `--fused` adds `model.backend=mamba_ssm` (a run
+    that asked for the kernels fails when they do not load, never falls back to PyTorch); it refuses another
+    backend and GPUs the fused build has no kernels for."""
     gpu, fused, overrides = default_gpu, False, []
     for arg in args:
         if arg.startswith("--gpu="):
@@ -67,7 +70,16 @@ def split_launcher_args(args: Sequence[str], default_gpu: str) -> tuple[LaunchOp
             raise ValueError(f"unknown launcher option {arg!r}: use --gpu=TYPE[:COUNT] or --fused")
         else:
             overrides.append(arg)
-    return LaunchOptions(check_gpu(gpu), fused), overrides
+    options = LaunchOptions(check_gpu(gpu), fused)
+    if fused:
+        backends = [o for o in overrides if override_key(o) == "model.backend"]
+        if any(o.split("=", 1)[1] != "mamba_ssm" for o in backends):
+            raise ValueError(f"--fused selects model.backend=mamba_ssm, but the overrides set {backends}")
+        if options.gpu.type in NO_BF16:
+            raise ValueError(f"--fused: the fused image has no kernels for {options.gpu.type}")
+        if not backends:
+            overrides.append("model.backend=mamba_ssm")
+    return options, overrides
 
 
 def override_key(override: str) -> str:
@@ -115,6 +127,8 @@ def plan_train(
     t = train_config_from_dict(compose_train_config(planned)).trainer
     if t.accelerator == "cpu":
         raise ConfigError("trainer.accelerator is 'cpu' on a GPU container: add trainer=gpu (or a GPU experiment)")
+    if gpu.type in NO_BF16 and "bf16" in str(t.precision):
+        raise ConfigError(f"{gpu.type} has no bf16 but trainer.precision={t.precision!r}: use 16-mixed or another GPU")
     if t.devices > gpu.count:
         raise ConfigError(f"trainer.devices={t.devices} but the container has {gpu} ({gpu.count} GPU)")
     if t.devices > 1 and t.strategy != "ddp_spawn":
@@ -174,9 +188,9 @@ def train_job(
     last = run_dir / CHECKPOINT_DIR / LAST_CHECKPOINT
     if config.resume and not last.is_file():
         raise FileNotFoundError(f"resume=true but there is no checkpoint {last} (no run to continue in {run_dir})")
-    report = RunReport()
     committer = CommitVolumeOnSave(commit) if commit is not None else None
-    callbacks = [report] + ([committer] if committer else [])
+    report = RunReport(run_dir / RUN_REPORT_FILE, committer)
+    callbacks = ([committer] if committer else []) + [report]  # the committer first: its last commit is counted
     failed = True
     try:
         metrics = train(config, extra_callbacks=callbacks)
@@ -190,12 +204,13 @@ def train_job(
                     raise
                 warnings.warn(f"final volume commit failed after a failed run: {err}", stacklevel=2)
     checkpoints = sorted(p.name for p in (run_dir / CHECKPOINT_DIR).glob("*.ckpt"))
+    shown = report.read()  # written by rank 0: under ddp_spawn this process's own callbacks saw nothing
     return {
         "run_dir": str(run_dir),
         "metrics": metrics,
         "checkpoints": checkpoints,
-        "commits": (committer.commits + 1) if committer else 0,
-        **report.as_dict(),
+        **shown,
+        "commits": shown["commits"] + 1 if committer else 0,  # + the final commit above
     }
 
 

@@ -21,7 +21,9 @@ GPU_ENV = "MELEE_WM_GPU"  # default GPU of `train`/`sweep` when --gpu is not giv
 
 PYTHON_VERSION = "3.11"
 TORCH = "torch==2.5.1"  # the package index's Linux x86_64 wheel of torch is its CUDA 12 build
-CUDA_DEVEL_IMAGE = "nvidia/cuda:12.4.1-devel-ubuntu22.04"  # nvcc, for mamba-ssm if no prebuilt wheel matches
+# The fused image needs a CUDA *devel* base: mamba-ssm's setup.py runs `nvcc -V` as soon as it finds CUDA_HOME, and
+# compiles its extensions with nvcc when no prebuilt wheel matches this torch / CUDA / Python.
+CUDA_DEVEL_IMAGE = "nvidia/cuda:12.4.1-devel-ubuntu22.04"
 # The package's runtime dependencies (pyproject.toml), pinned to the versions the test suite runs with.
 PACKAGES = (
     "lightning==2.6.6",
@@ -36,14 +38,23 @@ PACKAGES = (
     "wandb==0.31.0",
     "modal==1.6.4",
 )
-MAMBA_BUILD_DEPS = ("packaging", "ninja", "wheel", "setuptools")
+# What mamba-ssm's and causal-conv1d's setup.py import when built with --no-build-isolation (`wheel.bdist_wheel`,
+# setuptools, packaging; ninja for the compile), pinned: an unpinned newer `wheel` or setuptools can drop what
+# their setup.py imports.
+MAMBA_BUILD_DEPS = ("packaging==24.2", "ninja==1.11.1.3", "wheel==0.45.1", "setuptools==75.8.0")
 # Built with --no-build-isolation against the image's torch (their setup first looks for a matching prebuilt wheel).
 MAMBA_PACKAGES = ("causal-conv1d==1.5.0.post8", "mamba-ssm==2.2.4")
+# mamba-ssm 2.2.x imports `GreedySearchDecoderOnlyOutput` from transformers when the package loads and leaves
+# transformers unpinned; transformers 5 removed the name (mamba-ssm 2.3.0 stopped importing it). So < 5 here.
+MAMBA_RUNTIME_PINS = ("transformers==4.57.6",)
 MAMBA_BUILD_ENV = {"TORCH_CUDA_ARCH_LIST": "8.0;8.6;8.9;9.0", "MAX_JOBS": "8"}
 
-# Modal's GPU type names (its GPU guide); "H100!" pins H100 (no upgrade to H200).
-GPU_TYPES = ("T4", "L4", "A10G", "L40S", "A100", "A100-40GB", "A100-80GB", "H100", "H100!", "H200", "B200")
+# Modal's GPU type names (its GPU guide); "H100!" pins H100 (no upgrade to H200). Not B200: the pinned torch
+# (CUDA 12.4) and the mamba builds (TORCH_CUDA_ARCH_LIST up to 9.0) have no kernels for its sm_100.
+GPU_TYPES = ("T4", "L4", "A10G", "L40S", "A100", "A100-40GB", "A100-80GB", "H100", "H100!", "H200")
 MAX_GPUS = 8  # per container
+MAX_GPUS_OF_TYPE = {"A10G": 4}  # Modal's per-container limits below MAX_GPUS
+NO_BF16 = ("T4",)  # sm_75: no bf16 (trainer=gpu trains in bf16-mixed); nor in the fused build's arch list
 DEFAULT_GPU = "A100-80GB"
 SMOKE_GPU = "L40S"
 
@@ -80,8 +91,9 @@ def check_gpu(spec: str) -> GpuSpec:
         count = int(count_text) if count_text else 1
     except ValueError:
         raise ValueError(f"GPU {spec!r}: count {count_text!r} is not a whole number") from None
-    if not 1 <= count <= MAX_GPUS:
-        raise ValueError(f"GPU {spec!r}: count must be 1..{MAX_GPUS}, got {count}")
+    most = MAX_GPUS_OF_TYPE.get(name, MAX_GPUS)
+    if not 1 <= count <= most:
+        raise ValueError(f"GPU {spec!r}: count must be 1..{most} for {name}, got {count}")
     return GpuSpec(name, count)
 
 

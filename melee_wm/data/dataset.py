@@ -140,15 +140,17 @@ class MeleeDataset(torch.utils.data.Dataset):
         counts = np.maximum(game_length - k, 0)  # starts s with s + K inside the game
         self.game_windows = counts
         self.device = self.shards[0][0].device if self.shards else torch.device("cpu")
-        self.game_shard = torch.as_tensor(np.asarray(game_shard, dtype=np.int64), device=self.device)
-        self.game_start = torch.as_tensor(np.asarray(game_start, dtype=np.int64), device=self.device)
+        # The index tables stay on the host even when the arrays are device-resident: indices arrive from the
+        # sampler as host lists, so locating windows never waits for the accelerator (no host sync per batch).
+        self.game_shard = torch.as_tensor(np.asarray(game_shard, dtype=np.int64))
+        self.game_start = torch.as_tensor(np.asarray(game_start, dtype=np.int64))
         self.game_length = torch.as_tensor(game_length)
         if game_valid is None:
             game_valid = game_validity(self.layout, [[]] * len(game_length))
         self.game_valid_floats = torch.as_tensor(game_valid[0], dtype=torch.bool, device=self.device)
         self.game_valid_ints = torch.as_tensor(game_valid[1], dtype=torch.bool, device=self.device)
         offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-        self.window_offsets = torch.as_tensor(offsets, device=self.device)
+        self.window_offsets = torch.as_tensor(offsets)
         self._windows = self._window_views()
 
     # Construction -------------------------------------------------------------------------------------------
@@ -268,7 +270,7 @@ class MeleeDataset(torch.utils.data.Dataset):
             return moved[key]
 
         self.shards = [(move(f), move(i)) for f, i in self.shards]
-        for name in ("game_shard", "game_start", "window_offsets", "game_valid_floats", "game_valid_ints"):
+        for name in ("game_valid_floats", "game_valid_ints"):
             setattr(self, name, getattr(self, name).to(device))
         self.device = device
         self._windows = self._window_views()
@@ -302,17 +304,24 @@ class MeleeDataset(torch.utils.data.Dataset):
         return int(self.window_offsets[-1])
 
     def window_games(self, indices: ArrayLike) -> tuple[Tensor, Tensor]:
-        """(window indices, game of each window), both (B,) long on the dataset's device."""
-        idx = torch.as_tensor(indices, dtype=torch.long, device=self.device).reshape(-1)
+        """(window indices, game of each window), both (B,) long on the host (indices on an accelerator are
+        copied to the host, which waits for it: pass host indices, as the sampler does)."""
+        idx = torch.as_tensor(indices, dtype=torch.long).reshape(-1).cpu()
         n = len(self)
         if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= n):
             raise IndexError(f"window indices must be in [0, {n}), got [{int(idx.min())}, {int(idx.max())}]")
         return idx, torch.searchsorted(self.window_offsets[1:], idx, right=True)
 
     def window_starts(self, indices: ArrayLike) -> tuple[Tensor, Tensor]:
-        """Shard index and first row of each window. indices: (B,) -> ((B,), (B,)) long, on the dataset's device."""
+        """Shard index and first row of each window. indices: (B,) -> ((B,), (B,)) long, on the host."""
         idx, game = self.window_games(indices)
         return self.game_shard[game], self.game_start[game] + (idx - self.window_offsets[game])
+
+    def _on_device(self, t: Tensor) -> Tensor:
+        """A host tensor copied to the dataset's device without waiting for it (through pinned memory)."""
+        if self.device.type == "cpu":
+            return t
+        return t.pin_memory().to(self.device, non_blocking=True)
 
     def gather(self, indices: ArrayLike) -> tuple[Tensor, Tensor]:
         """Raw windows: floats (B, K + 1, num_floats), ints (B, K + 1, num_ints), in the order of `indices`.
@@ -322,8 +331,9 @@ class MeleeDataset(torch.utils.data.Dataset):
         otherwise each shard's part is gathered, then scattered into place.
         """
         shard, start = self.window_starts(indices)
+        rows = self._on_device(start)
         if len(self._windows) == 1:
-            return tuple(v.index_select(0, start) for v in self._windows[0])
+            return tuple(v.index_select(0, rows) for v in self._windows[0])
         f0, i0 = self._windows[0]
         floats = torch.empty((len(start), *f0.shape[1:]), dtype=f0.dtype, device=self.device)
         ints = torch.empty((len(start), *i0.shape[1:]), dtype=i0.dtype, device=self.device)
@@ -332,12 +342,13 @@ class MeleeDataset(torch.utils.data.Dataset):
             for a, b in itertools.pairwise(cuts):
                 views = self._windows[int(shard[a])]
                 for view, out in zip(views, (floats, ints), strict=True):
-                    torch.index_select(view, 0, start[a:b], out=out[a:b])
+                    torch.index_select(view, 0, rows[a:b], out=out[a:b])
             return floats, ints
         for s in torch.unique(shard).tolist():
             pick = (shard == s).nonzero().squeeze(1)
+            at = self._on_device(pick)
             for view, out in zip(self._windows[s], (floats, ints), strict=True):
-                out[pick] = view.index_select(0, start[pick])
+                out[at] = view.index_select(0, rows[at])
         return floats, ints
 
     def get_batch(self, indices: ArrayLike, swap: Tensor | None = None) -> Batch:
@@ -347,7 +358,7 @@ class MeleeDataset(torch.utils.data.Dataset):
         if swap is not None:
             floats, ints = swap_players_where(floats, ints, self.layout, swap)
         batch = build_batch(floats, ints, self.layout, self.cfg.num_positions)
-        _, game = self.window_games(indices)
+        game = self._on_device(self.window_games(indices)[1])
         batch.valid_floats, batch.valid_ints = self.game_valid_floats[game], self.game_valid_ints[game]
         return batch
 

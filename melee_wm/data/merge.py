@@ -37,8 +37,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from melee_wm.data.manifest import GameRow, StoreConfigError
 from melee_wm.data.pipeline import StoreFilters
 from melee_wm.data.shard_writer import OpenShard
-from melee_wm.data.store import STORE_FORMAT_VERSION, Store, check_config, open_store, print_summary
+from melee_wm.data.store import STORE_FORMAT_VERSION, Store, check_config, open_store
 from melee_wm.data.store_writer import _locked, _PendingGame, _prepare, _Writer
+from melee_wm.data.summary import print_summary
 from melee_wm.encoding.config import ENCODER_VERSION, config_diff, format_config_diff
 from melee_wm.encoding.encoder import column_moments
 

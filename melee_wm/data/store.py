@@ -7,13 +7,10 @@ lists only complete shards, and `open_store` reads only those. Writing lives in 
 from __future__ import annotations
 
 import json
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from rich.console import Console
-from rich.table import Table
 
 from melee_wm.data.manifest import GameRow, StoreConfigError, StoreError
 from melee_wm.encoding.config import EncodingConfig, config_diff, format_config_diff
@@ -28,7 +25,6 @@ __all__ = [
     "StoreConfigError",
     "StoreError",
     "open_store",
-    "print_summary",
 ]
 
 STORE_FORMAT_VERSION = 1
@@ -173,56 +169,3 @@ def open_store(path: str | Path, expected_config: EncodingConfig | None = None) 
     games = [GameRow.from_dict(row, path) for row in manifest["games"]]
     _check_games(path, games, shards)
     return Store(path=path, manifest=manifest, config=config, layout=layout, shards=shards, games=games)
-
-
-def print_summary(manifest: dict, console: Console, *, added: Counter | None = None, details: bool = False) -> None:
-    """Print a store's counts, skip reasons and repairs; with `details`, stage/character counts and column
-    statistics too. `added` (what one build run contributed) is shown beside the totals."""
-    counts = manifest["counts"]
-    console.print(f"config hash {manifest['config_hash']}, complete: {manifest['complete']}")
-    table = Table(title="store")
-    table.add_column("")
-    table.add_column("total", justify="right")
-    if added is not None:
-        table.add_column("this run", justify="right")
-    for key in ("games", "frames", "shards", "duplicates", "skipped"):
-        cells = [key, f"{counts[key]:,}"]
-        if added is not None:
-            cells.append("" if key == "shards" else f"{added[key]:,}")
-        table.add_row(*cells)
-    console.print(table)
-    reasons = Counter(r["reason"] for r in manifest["skipped"])
-    if reasons:
-        skipped = Table(title="skipped by reason")
-        skipped.add_column("files", justify="right")
-        skipped.add_column("reason")
-        for reason, n in reasons.most_common():
-            skipped.add_row(str(n), reason)
-        console.print(skipped)
-    repairs = manifest["repairs"]
-    if repairs["nonfinite"] or repairs["clamped"]:
-        fixed = Table(title="repaired values")
-        for name in ("kind", "column", "values"):
-            fixed.add_column(name)
-        for kind, columns in repairs.items():
-            for column, n in columns.items():
-                fixed.add_row(kind, column, f"{n:,}")
-        console.print(fixed)
-    else:
-        console.print("repaired values: none")
-    if not details:
-        return
-    for key, title in (("stage", "stage ids"), ("characters", "character ids (external)")):
-        values = Counter(c for g in manifest["games"] for c in (g[key] if key == "characters" else [g[key]]))
-        tally = Table(title=f"games by {title}")
-        tally.add_column("id", justify="right")
-        tally.add_column("count", justify="right")
-        for value, n in sorted(values.items()):
-            tally.add_row(str(value), str(n))
-        console.print(tally)
-    stats = Table(title="column statistics")
-    for name in ("column", "mean", "std", "min", "max"):
-        stats.add_column(name, justify="left" if name == "column" else "right")
-    for column, s in manifest["column_stats"].items():
-        stats.add_row(column, *("-" if s[k] is None else f"{s[k]:.4g}" for k in ("mean", "std", "min", "max")))
-    console.print(stats)

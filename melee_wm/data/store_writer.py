@@ -45,9 +45,9 @@ from melee_wm.data.store import (
     check_config,
     load_shard,
     map_shard,
-    print_summary,
     read_manifest,
 )
+from melee_wm.data.summary import print_summary
 from melee_wm.encoding.config import ENCODER_VERSION, EncodingConfig, config_diff, format_config_diff
 from melee_wm.encoding.encoder import ColumnMoments
 from melee_wm.encoding.layout import Layout

@@ -16,6 +16,11 @@ from melee_wm.schema import load_structured
 ARCHS = ("mamba2", "mlp")
 BACKENDS = ("torch", "mamba_ssm")
 AUTO_BACKEND = "auto"  # mamba_ssm when CUDA and the package are there, else torch (resolved when the model is built)
+# Preconditions of the fused kernels (causal_conv1d: widths 2..4, channels a multiple of 8 in channel-last
+# layout). The options the weight interchange relies on (no in/out_proj bias, a conv bias, one D per head, the
+# norm after the gate, dt_limit (0, inf)) are fixed in `Mamba2` at upstream's defaults, not configurable.
+FUSED_CONV_DIM_MULTIPLE = 8
+FUSED_D_CONV = (2, 4)
 # Keys only one arch reads: any other arch must leave them at their defaults.
 ARCH_KEYS: dict[str, tuple[str, ...]] = {
     "mamba2": (
@@ -109,6 +114,16 @@ class ModelConfig:
         nheads = d_inner // self.headdim
         if nheads % self.ngroups:
             fail("ngroups", f"the number of heads ({nheads} = d_model*expand/headdim) must be divisible by it")
+        if self.backend != "torch":  # what mamba_ssm's kernels (and causal_conv1d's) accept
+            conv_dim = d_inner + 2 * self.ngroups * self.d_state
+            if conv_dim % FUSED_CONV_DIM_MULTIPLE:
+                fail(
+                    "backend",
+                    f"{self.backend!r} needs conv_dim = d_model*expand + 2*ngroups*d_state = {conv_dim} to be a "
+                    f"multiple of {FUSED_CONV_DIM_MULTIPLE} (causal_conv1d's channel-last layout); use backend=torch",
+                )
+            if not FUSED_D_CONV[0] <= self.d_conv <= FUSED_D_CONV[1]:
+                fail("d_conv", f"backend {self.backend!r} needs {FUSED_D_CONV[0]} <= d_conv <= {FUSED_D_CONV[1]}")
         if not 0 < self.dt_min < self.dt_max:
             fail("dt_min", f"need 0 < dt_min < dt_max, got dt_min={self.dt_min}, dt_max={self.dt_max}")
         for key in ("dropout", "layer_dropout", "unimix", "copy_prior"):

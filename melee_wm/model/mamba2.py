@@ -3,7 +3,8 @@
 in_proj -> [z, xBC, dt]; xBC -> causal depthwise conv -> SiLU -> [x, B, C]; SSD scan with D skip;
 gated RMSNorm of y * silu(z); out_proj. ``forward`` takes and returns the recurrent state (conv window and
 SSM state, mamba_ssm's cache layout), so a sequence can be processed in pieces or frame by frame (``step``).
-``backend="mamba_ssm"`` runs the same parameters through mamba_ssm's fused CUDA kernels (``fused.py``); the
+``backend="mamba_ssm"`` runs the same parameters on CUDA tensors through mamba_ssm's fused kernels (``fused.py``;
+other devices use the PyTorch path, so its checkpoints load and run anywhere); the
 pure-PyTorch path's autograd functions live in ``cpu_kernels.py``, the norms in ``norm.py``.
 """
 
@@ -18,7 +19,7 @@ from torch import Tensor, nn
 
 from melee_wm.model.config import BACKENDS
 from melee_wm.model.cpu_kernels import CausalConvSiluFn, SplitLinear
-from melee_wm.model.fused import load_mamba_ssm
+from melee_wm.model.fused import fused_chunk_size, load_mamba_ssm
 from melee_wm.model.norm import RMSNormGated
 from melee_wm.model.ssd import scan_dtype, ssd_chunked, ssd_step, zero_ssm_state
 
@@ -80,7 +81,8 @@ class Mamba2(nn.Module):
         if backend not in BACKENDS:
             raise ValueError(f"Mamba2: backend={backend!r}, expected one of {BACKENDS}")
         self.backend = backend
-        self._kernels = load_mamba_ssm() if backend == "mamba_ssm" else None
+        # Loaded where they can run; without CUDA a mamba_ssm block computes with the PyTorch path (same weights).
+        self._kernels = load_mamba_ssm() if backend == "mamba_ssm" and torch.cuda.is_available() else None
         self.conv_dim = self.d_inner + 2 * ngroups * d_state
 
         self.in_proj = SplitLinear(d_model, [self.d_inner, self.conv_dim, self.nheads], bias=bias)  # z, xBC, dt
@@ -140,11 +142,17 @@ class Mamba2(nn.Module):
             head = torch.stack([(prev[..., t:] * weight[:, : k - 1 - t]).sum(-1) for t in range(min(k - 1, seqlen))], 1)
         gs = self.ngroups * self.d_state
         outs = CausalConvSiluFn.apply(xbc, head, weight, self.conv1d.bias, [self.d_inner, gs, gs])
+        return outs, self._next_conv_state(xbc, conv_state)
+
+    def _next_conv_state(self, xbc: Tensor, conv_state: Tensor | None) -> Tensor:
+        """The last d_conv pre-conv inputs after `xbc` (batch, seqlen, conv_dim) followed `conv_state` (or zeros):
+        (batch, conv_dim, d_conv), time-major memory, as `step` keeps it."""
+        seqlen, k = xbc.shape[1], self.d_conv
         tail = xbc[:, -k:]  # (batch, <= d_conv, conv_dim)
         if seqlen < k:
             before = xbc.new_zeros(xbc.shape[0], k, self.conv_dim) if conv_state is None else conv_state.transpose(1, 2)
             tail = torch.cat([before[:, seqlen:].to(xbc.dtype), tail], dim=1)
-        return outs, tail.contiguous().transpose(1, 2)  # time-major memory, as `step` keeps it
+        return tail.contiguous().transpose(1, 2)
 
     def forward(
         self, u: Tensor, state: Mamba2State | None = None, need_state: bool = True
@@ -154,7 +162,7 @@ class Mamba2(nn.Module):
         training never reads it, and the SSM state is the scan's largest output)."""
         z, xbc, dt = self.in_proj(u)
         state = None if state is None else state.resolved()
-        if self.backend == "mamba_ssm":
+        if self.backend == "mamba_ssm" and u.is_cuda:
             y, new_state = self._forward_mamba_ssm(z, xbc, dt, state, need_state)
         else:
             (x, B, C), conv_state = self._conv(xbc, None if state is None else state.conv)
@@ -201,19 +209,21 @@ class Mamba2(nn.Module):
         self, z: Tensor, xbc: Tensor, dt: Tensor, state: Mamba2State | None, need_state: bool
     ) -> tuple[Tensor, Mamba2State | None]:
         """The same computation through mamba_ssm's kernels; returns y after the gated norm, and the state."""
-        if not z.is_cuda:
-            raise RuntimeError(
-                f"Mamba2(backend='mamba_ssm') runs only on CUDA tensors, got device {z.device}; "
-                "use backend='torch' on CPU"
-            )
         k = self._kernels
-        if state is None and k.causal_conv1d_fn is not None:
-            conv_state = F.pad(xbc.transpose(1, 2), (self.d_conv - xbc.shape[1], 0))
-            xbc = k.causal_conv1d_fn(
-                xbc.transpose(1, 2), self.conv1d.weight[:, 0], self.conv1d.bias, activation="silu"
-            ).transpose(1, 2)
-        else:  # carrying a conv state in: the plain conv (causal_conv1d's state API wants channel-last input)
-            (x, B, C), conv_state = self._conv(xbc, None if state is None else state.conv)
+        if k is None:
+            raise RuntimeError("Mamba2(backend='mamba_ssm') was built without CUDA, so its kernels were not loaded")
+        prev = None if state is None else state.conv
+        if k.causal_conv1d_fn is not None:
+            initial = None
+            if prev is not None:  # the last d_conv - 1 inputs, channel-last (stride 1 over channels) as it wants
+                initial = prev[..., 1:].transpose(1, 2).to(xbc.dtype).contiguous().transpose(1, 2)
+            conv_state = self._next_conv_state(xbc, prev)
+            weight, bias = self.conv1d.weight[:, 0], self.conv1d.bias
+            # xbc.transpose(1, 2): (batch, conv_dim, seqlen), channel-last in memory, which initial_states needs.
+            xbc = k.causal_conv1d_fn(xbc.transpose(1, 2), weight, bias, initial_states=initial, activation="silu")
+            xbc = xbc.transpose(1, 2)
+        else:
+            (x, B, C), conv_state = self._conv(xbc, prev)
             xbc = torch.cat([x, B, C], dim=-1)
         x, B, C = self._ssm_inputs(xbc)
         scan = k.mamba_chunk_scan_combined(
@@ -222,7 +232,7 @@ class Mamba2(nn.Module):
             self._A(),
             B,
             C,
-            chunk_size=self.chunk_size,
+            chunk_size=fused_chunk_size(self.chunk_size),
             D=self.D,
             dt_bias=self.dt_bias,
             dt_softplus=True,

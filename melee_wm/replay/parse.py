@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import peppi_py
 import pyarrow as pa
 
 from melee_wm.constants import NUM_PLAYERS
@@ -226,6 +225,8 @@ def read_quietly(path: Path) -> Any:
     """peppi's `read_slippi` with what it writes to stderr held back: dropped when it raises (a panic's message
     is in the exception, which becomes the skip reason), written out when it succeeds. Other threads writing to
     stderr meanwhile (a progress bar) are held back alike."""
+    import peppi_py  # here, not at the top: importing the package's data types needs no replay parser
+
     with tempfile.TemporaryFile() as captured:
         with _stderr_into(captured):
             game = peppi_py.read_slippi(str(path))
@@ -246,6 +247,7 @@ def parse_replay(path: str | Path, md5: str | BackgroundMd5 | None = None) -> Pa
     if md5 is None:
         with contextlib.suppress(OSError):  # an unreadable file is reported by peppi, just below
             md5 = BackgroundMd5(path)
+
     try:
         game = read_quietly(path)
     except OSError as err:

@@ -89,8 +89,8 @@ def _loader(batch: int, reps: int, device: str = "cuda") -> dict:
         build_store([sample_dir()], store, EncodingConfig(), progress=False)
     windows = MeleeDataset.from_store(store, "all", DataConfig(context_len=CONTEXT, device_resident=True))
     windows.to(device)
-    g = torch.Generator(device=device).manual_seed(0)
-    picks = [torch.randint(len(windows), (batch,), device=device, generator=g) for _ in range(reps + 3)]
+    g = torch.Generator().manual_seed(0)  # host indices, sorted, as the sampler gives them (no GPU wait to locate)
+    picks = [torch.randint(len(windows), (batch,), generator=g).sort().values for _ in range(reps + 3)]
     for idx in picks[:3]:
         windows.get_batch(idx)
     _sync(device)
