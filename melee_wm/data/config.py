@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from melee_wm.data.split import SPLIT_KINDS
+
 
 @dataclass
 class DataConfig:
@@ -16,8 +18,12 @@ class DataConfig:
     from_samples: bool = False  # build `store` from the six sample replays when it does not exist yet
     context_len: int = 30  # K: context frames per window (a window holds K + 1 frames)
     multi_position: bool = True  # predict the next frame at every context position (P = K), else the last (P = 1)
-    val_fraction: float = 0.1  # share of games (by md5 hash) in the validation split
-    split_salt: str = ""  # mixed into the split hash; changing it draws a different split
+    # How validation frames are chosen (melee_wm/data/split.py): "game" holds out whole games (by md5 hash),
+    # "tail" the last `val_fraction` of every game, `tail_gap` frames after the training frames end.
+    split: str = "game"
+    val_fraction: float = 0.1  # share of games (split "game") or of every game's frames (split "tail") in val
+    split_salt: str = ""  # mixed into the game split's hash; changing it draws a different split
+    tail_gap: int = 90  # frames between a game's training and validation frames (split "tail")
     batch_size: int = 512
     num_workers: int = 0
     pin_memory: bool = False
@@ -32,6 +38,10 @@ class DataConfig:
 
         if self.context_len < 1:
             fail("context_len", f"must be >= 1, got {self.context_len}")
+        if self.split not in SPLIT_KINDS:
+            fail("split", f"must be one of {list(SPLIT_KINDS)}, got {self.split!r}")
+        if self.split == "tail" and self.tail_gap < self.window_len:
+            fail("tail_gap", f"must be >= the window length context_len + 1 = {self.window_len}, got {self.tail_gap}")
         if not 0.0 <= self.val_fraction <= 1.0:
             fail("val_fraction", f"must be in [0, 1], got {self.val_fraction}")
         if not 0.0 <= self.swap_players_p <= 1.0:

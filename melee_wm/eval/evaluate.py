@@ -50,8 +50,9 @@ def load_world_model(path: str | Path, device: str | torch.device = "cpu") -> Wo
             "or a state_dict"
         )
     try:
-        module = WorldModelModule(hparams["config"], hparams["target_stats"], hparams.get("baseline_scores"))
+        module = WorldModelModule(hparams["config"], hparams["target_stats"])
         module.load_state_dict(ckpt["state_dict"])
+        module.on_load_checkpoint(ckpt)  # the fitted table baseline and RNG states
     except (RuntimeError, KeyError, TypeError) as err:
         raise CheckpointError(f"{path}: its weights do not fit the model its config describes ({err})") from None
     return module.to(device).eval()
@@ -98,7 +99,9 @@ def evaluate_checkpoint(
             f"store {opened.path}: split {split!r} has no window of {cfg.data.context_len + horizon} frames "
             f"({windows.num_games} games; val_fraction={cfg.data.val_fraction}, split_salt={cfg.data.split_salt!r})"
         )
-    report = evaluate_rollouts(module.net, module.codec, windows, cfg.data.context_len, samples, seed, batch_size)
+    report = evaluate_rollouts(
+        module.net, module.codec, windows, cfg.data.context_len, samples, seed, batch_size, module.table
+    )
     trained_on = training_fingerprint(checkpoint)
     same = None if trained_on is None else trained_on["games_md5"] == data_fingerprint(opened)["games_md5"]
     report.meta = {

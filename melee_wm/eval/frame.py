@@ -1,5 +1,6 @@
 """`NextFrame`: next-frame values, the one record that decoded model predictions, baselines and rollouts produce
-and the metrics consume; and the two baselines of DESIGN.md ("Metrics") built from a batch's targets.
+and the metrics consume; the rule baselines of DESIGN.md ("Metrics") built from a batch's targets; and which
+positions jump (respawns) rather than move.
 
 A batch's target position j (0 <= j < P) is context index t = K - P + j: it predicts frame t + 1 from frame t.
 Constant velocity also needs frame t - 1, which only exists for t >= 1 (`positions_with_previous`); the model
@@ -11,10 +12,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TypeVar
 
+import torch
 from torch import Tensor
 
-from melee_wm.data.batch import Batch, Targets, map_tensors, next_values, xy_index
+from melee_wm.data.batch import Batch, Targets, map_tensors, next_values, select_xy, xy_index
 from melee_wm.encoding.layout import Layout
+from melee_wm.game.physics import position_jump
 
 T = TypeVar("T")
 
@@ -33,6 +36,14 @@ def true_next_frame(targets: Targets, layout: Layout) -> NextFrame:
     """The true next frame: DELTA targets added to the current values, the other targets as they are."""
     floats = {g: next_values(layout, g, v, targets.current_floats[g]) for g, v in targets.floats.items()}
     return NextFrame(floats=floats, categorical=dict(targets.categorical))
+
+
+@dataclass
+class PreviousFrame:
+    """Frame t - 1 of each scored position t: continuous (B, P', continuous width) values, action (B, P', 2) ids."""
+
+    continuous: Tensor
+    action: Tensor
 
 
 def current_frame(targets: Targets) -> NextFrame:
@@ -65,6 +76,50 @@ def constant_velocity(targets: Targets, previous_continuous: Tensor, layout: Lay
     return frame
 
 
+def robust_constant_velocity(targets: Targets, previous: PreviousFrame, layout: Layout) -> NextFrame:
+    """Constant velocity, except that a player whose position jumped into the current frame (a respawn,
+    `melee_wm.game.physics.position_jump`) persists instead of extrapolating the jump."""
+    frame = current_frame(targets)
+    current = frame.floats["continuous"]
+    displacement = robust_displacement(current, previous, targets.current_categorical["action"], layout)
+    xy = xy_index(layout).reshape(-1).to(current.device)
+    continuous = current.clone()
+    continuous[..., xy] = current[..., xy] + displacement[..., xy]
+    frame.floats["continuous"] = continuous
+    return frame
+
+
+def robust_displacement(current: Tensor, previous: PreviousFrame, action: Tensor, layout: Layout) -> Tensor:
+    """(..., continuous width) frame t minus frame t - 1, with 0 on the x and y of a player whose position
+    jumped into frame t: the per-frame move robust constant velocity continues, and the position prior of the
+    residual target parameterization. current: (..., width) frame t's continuous group; action: (..., 2) ids."""
+    jumped = jumped_into(current, previous, action, layout)  # (..., 2 players)
+    xy = xy_index(layout).to(current.device)  # (2 players, 2 coords)
+    keep = torch.ones_like(current)
+    for player in range(xy.shape[0]):
+        keep[..., xy[player]] = (~jumped[..., player, None]).to(current.dtype)
+    return (current - previous.continuous) * keep
+
+
+def jumped_into(current: Tensor, previous: PreviousFrame, action: Tensor, layout: Layout) -> Tensor:
+    """(..., 2 players) bool: whether each player's position jumped from frame t - 1 into frame t (a respawn).
+    current: (..., continuous width) frame t's continuous group; action: (..., 2) frame t's action ids."""
+    scale = layout.cfg.position_scale
+    before, now = select_xy(previous.continuous, layout) / scale, select_xy(current, layout) / scale
+    return position_jump(before, now, previous.action, action)
+
+
+def position_jumps(targets: Targets, previous: PreviousFrame, layout: Layout) -> tuple[Tensor, Tensor]:
+    """((..., 2 players) bool, same): whether each player's position jumped from frame t - 1 into t, and from t
+    into t + 1 (the true next frame). Position error on frames with neither is the `continuous` error."""
+    scale = layout.cfg.position_scale
+    current = select_xy(targets.current_floats["continuous"], layout) / scale  # (..., 2 players, 2 coords)
+    after = current + select_xy(targets.floats["continuous"], layout) / scale  # the continuous group is a delta
+    action, next_action = targets.current_categorical["action"], targets.categorical["action"]
+    into_current = jumped_into(targets.current_floats["continuous"], previous, action, layout)
+    return into_current, position_jump(current, after, action, next_action)
+
+
 def positions_with_previous(batch: Batch) -> slice:
     """Target positions whose context index t = K - P + j is >= 1, i.e. whose frame t - 1 is in the context:
     positions 1..P-1 when P == K, all P positions when P < K."""
@@ -72,17 +127,31 @@ def positions_with_previous(batch: Batch) -> slice:
     return slice(max(0, 1 - (k - p)), p)
 
 
+def previous_frame(batch: Batch, layout: Layout, positions: slice) -> PreviousFrame:
+    """Frame t - 1 of the target positions `positions` (step 1, each with t >= 1, e.g.
+    `positions_with_previous(batch)`), taken from the context."""
+    rows = _previous_rows(batch, positions)
+    return PreviousFrame(
+        continuous=batch.floats[:, rows, layout.float_slice("continuous")],
+        action=batch.ints[:, rows, layout.int_slice("action")].long(),
+    )
+
+
 def previous_continuous(batch: Batch, layout: Layout, positions: slice) -> Tensor:
-    """(B, P', width) `continuous` values of frame t - 1 for the target positions `positions` (step 1, each
-    with t >= 1, e.g. `positions_with_previous(batch)`), taken from the context `batch.floats`."""
+    """(B, P', width) `continuous` values of frame t - 1 for the target positions `positions` (see
+    `previous_frame`)."""
+    return batch.floats[:, _previous_rows(batch, positions), layout.float_slice("continuous")]
+
+
+def _previous_rows(batch: Batch, positions: slice) -> slice:
+    """Context rows t - 1 of the target positions `positions` (consecutive, each with t >= 1)."""
     k, p = batch.floats.shape[1], batch.num_positions
     picked = range(p)[positions]
     if picked.step != 1 or (len(picked) and k - p + picked.start < 1):
         raise ValueError(
             f"previous_continuous: positions {positions} must be consecutive and have t >= 1 (K={k}, P={p})"
         )
-    rows = slice(k - p + picked.start - 1, k - p + picked.stop - 1)
-    return batch.floats[:, rows, layout.float_slice("continuous")]
+    return slice(k - p + picked.start - 1, k - p + picked.stop - 1)
 
 
 def select_positions(obj: T, positions: slice) -> T:

@@ -69,14 +69,19 @@ class ObjectiveConfig:
             _fail("objective", "action_change_weight", f"must be >= 0, got {self.action_change_weight}")
 
 
+POSITION_GROUP = "continuous"  # the float group holding x and y
+POSITION_TERM = "position"  # the loss term (and weight name) of the x and y columns
+
+
 def regression_groups(layout: Layout) -> list[str]:
     """Target float groups predicted by regression (DELTA and ABSOLUTE), in layout order."""
     return [g for g in layout.target_float_groups if layout.float_target(g) in (Target.DELTA, Target.ABSOLUTE)]
 
 
 def loss_groups(layout: Layout) -> tuple[list[str], list[str]]:
-    """(regression groups, every weighted name): the names `ObjectiveConfig` may use for this layout."""
-    return regression_groups(layout), [*layout.target_float_groups, *layout.categorical_targets]
+    """(regression groups, every weighted name): the names `ObjectiveConfig` may use for this layout. The x and
+    y columns of the position group are their own term, `position`; the group's other columns keep its name."""
+    return regression_groups(layout), [*layout.target_float_groups, POSITION_TERM, *layout.categorical_targets]
 
 
 def check_objective_names(objective: ObjectiveConfig, layout: Layout) -> None:
