@@ -37,13 +37,33 @@ def test_motion_features_by_hand_and_under_bf16_autocast():
         # The same positions stored in bf16 cannot tell the two frames apart (steps of ~1 game unit at 200).
         assert floats[..., LAYOUT.float_index("p0.x")].bfloat16().unique().numel() == 1
     assert out.dtype == torch.float32
-    move_x, known = out[0, 1, 0], out[0, 1, 2 * 2]  # player 0's x move; player 0's flag
-    assert abs(move_x.item() - 0.1 * MOVE_SCALE) < 1e-4 and known.item() == 1.0
-    assert out[0, 0, 4].item() == 0.0  # no frame before the first: the move is unknown
-    relative = out[0, 1, -4:].tolist()  # player 0 sees player 1 at (+x, +y); player 1 the reverse
-    assert torch.allclose(torch.tensor(relative), torch.tensor([-170.1, 10.0, 170.1, -10.0]) * SCALE, atol=1e-6)
+    move, known = out[0, :, MotionFeatures.part("move")], out[0, :, MotionFeatures.part("known")]
+    assert abs(move[1, 0].item() - 0.1 * MOVE_SCALE) < 1e-4 and known[1, 0].item() == 1.0  # player 0's x move
+    assert known[0, 0].item() == 0.0  # no frame before the first: the move is unknown
+    relative = out[0, 1, MotionFeatures.part("relative")]  # player 0 sees player 1 at (-x, +y); player 1 the reverse
+    torch.testing.assert_close(relative, torch.tensor([-170.1, 10.0, 170.1, -10.0]) * SCALE, atol=1e-6, rtol=0)
     jumped = motion(*two_frames(0.0, 150.0))  # farther than any character moves: a jump, reported as 0
-    assert jumped[0, 1, 0].item() == 0.0 and jumped[0, 1, 4].item() == 0.0
+    assert jumped[0, 1, MotionFeatures.part("move")][0].item() == 0.0
+    assert jumped[0, 1, MotionFeatures.part("known")][0].item() == 0.0
+
+
+def test_stage_distances_on_battlefield():
+    """Ground below, ledge and blast-zone distances on Battlefield (id 31; DESIGN.md's blast zones)."""
+    floats, ints = two_frames(0.0, 0.0)
+    floats[0, :, LAYOUT.float_index("p0.y")] = 30.0 * SCALE  # at x = 0, between the side platforms
+    floats[0, :, LAYOUT.float_index("p1.x")] = 40.0 * SCALE  # over the right platform (20..57.6 at y 27.2)
+    floats[0, :, LAYOUT.float_index("p1.y")] = 27.2 * SCALE  # standing on it
+    ints[0, :, LAYOUT.int_index("stage")] = 31
+    stage = MotionFeatures(LAYOUT)(floats, ints)[0, 1, MotionFeatures.part("stage")].reshape(2, 6) / SCALE
+    ground, ledge, left, right, top, bottom = stage[0].tolist()
+    assert ground == pytest.approx(30.0, abs=1e-3)  # the main stage; the top platform (y 54.4) is above
+    assert ledge == pytest.approx(-68.4, abs=1e-3) and left == pytest.approx(224.0) and right == pytest.approx(224.0)
+    assert top == pytest.approx(170.0) and bottom == pytest.approx(138.8)
+    assert stage[1, 0].item() == pytest.approx(0.0, abs=1e-3)  # on the platform
+    unknown = ints.clone()
+    unknown[0, :, LAYOUT.int_index("stage")] = 5  # no geometry for this id
+    out = MotionFeatures(LAYOUT)(floats, unknown)[0, 1]
+    assert out[MotionFeatures.part("stage")].abs().sum() == 0 and out[MotionFeatures.part("stage_known")] == 0
 
 
 def test_forward_continues_from_a_carried_state():

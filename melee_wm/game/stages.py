@@ -81,6 +81,20 @@ def flat_ground_table(vocab: int, device: torch.device | None = None) -> Tensor:
     return table.to(device)
 
 
+MAX_SURFACES = 4  # the main stage and up to three platforms
+
+
+def surface_table(vocab: int, device: torch.device | None = None) -> Tensor:
+    """(vocab, MAX_SURFACES, 3) float32 [x_left, x_right, y] of every surface a character can stand on, by stage
+    id: the main stage (-ledge..ledge at y = 0), then its platforms; NaN rows for absent ones and unknown stages."""
+    table = torch.full((vocab, MAX_SURFACES, 3), float("nan"))
+    for s in STAGES.values():
+        if s.id < vocab:
+            rows = [(-s.ledge, s.ledge, 0.0), *s.platforms]
+            table[s.id, : len(rows)] = torch.tensor(rows)
+    return table.to(device)
+
+
 def outside_blast_zone(x: Tensor, y: Tensor, zone: Tensor) -> Tensor:
     """x, y: (...) game units; zone: (..., 5) rows of `stage_table`. True where the point is past a blast zone."""
     return (x < zone[..., 0]) | (x > zone[..., 1]) | (y > zone[..., 2]) | (y < zone[..., 3])
