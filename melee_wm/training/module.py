@@ -73,7 +73,7 @@ class WorldModelModule(L.LightningModule):
         self.val_metrics = FrameMetrics(self.layout)
         self.table = table
         self.val_baselines = torch.nn.ModuleDict({name: FrameMetrics(self.layout) for name in BASELINES})
-        self.baseline_scores: dict[str, dict[str, float]] = {}  # the latest validation's, for the end-of-run plot
+        self.baseline_scores: dict[str, dict[str, float]] = {}  # this fit's, once scored (also for the plot)
         self.last_loss_terms: dict[str, Tensor] = {}  # the latest training step's terms, for the non-finite stop
         self.drift = DriftTraining(cfg.drift, self.layout)  # context noise and self-forcing (off by default)
 
@@ -126,7 +126,10 @@ class WorldModelModule(L.LightningModule):
         return out.total + self.cfg.drift.self_forcing.weight * sf.total
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
-        out = self.forward_loss(batch, self.val_metrics, dict(self.val_baselines))
+        # The validation batches are the same every epoch (never shuffled or swapped): score the baselines on
+        # them once per fit, in the same pass as the model, and log those scores at every later validation.
+        baselines = None if self.baseline_scores else dict(self.val_baselines)
+        out = self.forward_loss(batch, self.val_metrics, baselines)
         size = batch.floats.shape[0]
         self.log("val/loss", out.total, prog_bar=True, batch_size=size, sync_dist=True)
         self.log_dict({f"val/loss_{k}": v for k, v in out.terms.items()}, batch_size=size, sync_dist=True)
@@ -142,16 +145,18 @@ class WorldModelModule(L.LightningModule):
                 metrics.reset()
             return
         self._log_metrics("val", self.val_metrics)
-        self.baseline_scores = {
-            name: self._log_metrics(f"baseline/{name}", m) for name, m in self.val_baselines.items()
-        }
+        if not self.baseline_scores:
+            self.baseline_scores = {name: m.compute() for name, m in self.val_baselines.items()}
+            for metrics in self.val_baselines.values():
+                metrics.reset()
+        for name, values in self.baseline_scores.items():
+            self.log_dict({f"baseline/{name}/{k}": v for k, v in values.items() if v == v}, sync_dist=False)
 
-    def _log_metrics(self, prefix: str, metrics: FrameMetrics) -> dict[str, float]:
-        """Log and return the epoch's values of `metrics` under `prefix/`, then reset it (NaNs are not logged)."""
+    def _log_metrics(self, prefix: str, metrics: FrameMetrics) -> None:
+        """Log the epoch's values of `metrics` under `prefix/`, then reset it (NaNs are not logged)."""
         values = metrics.compute()
         metrics.reset()
         self.log_dict({f"{prefix}/{k}": v for k, v in values.items() if v == v}, sync_dist=False)
-        return values
 
     # Optimizer, compile, checkpoint extras ---------------------------------------------------------------------
 
