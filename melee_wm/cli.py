@@ -16,11 +16,13 @@ from melee_wm.data.config import DataConfig
 from melee_wm.data.dataset import MeleeDataset
 from melee_wm.data.merge import merge_stores
 from melee_wm.data.pipeline import StoreFilters
+from melee_wm.data.split import SPLIT_KINDS
 from melee_wm.data.store import Store, StoreConfigError, StoreError, open_store
 from melee_wm.data.store_writer import build_store
 from melee_wm.data.summary import print_summary
 from melee_wm.encoding.config import load_encoding_config
 from melee_wm.eval.baselines import BASELINES, score_baselines
+from melee_wm.eval.table_baseline import TableBaseline
 from melee_wm.samples import SampleReplaysError, fetch_samples, sample_dir
 
 
@@ -68,21 +70,28 @@ def _cmd_info(args: argparse.Namespace, console: Console) -> None:
     print_summary(store.manifest, console, details=True)
 
 
+BASELINE_METRICS = ("pos_mae", "pos_mae_smooth", "action_acc", "change_acc", "false_change")
+
+
 def print_baseline(store: Store, data_cfg: DataConfig, split: str, console: Console) -> None:
-    """Score both baselines (persistence, constant velocity) on a split of the store and print them as a table."""
+    """Score every baseline on a split of the store (the table fitted on its training split) and print a table."""
     dataset = MeleeDataset.from_store(store, split, data_cfg)
     if len(dataset) == 0:
         raise CLIError(
             f"store {store.path}: split {split!r} has no window of {data_cfg.window_len} frames "
             f"({dataset.num_games} games, val_fraction={data_cfg.val_fraction})"
         )
-    scores = score_baselines(dataset)
-    table = Table(title=f"baselines, split {split!r}: {dataset.num_games} games, {len(dataset):,} windows")
-    for name in ("baseline", "metric", "p0", "p1", "all"):
-        table.add_column(name, justify="left" if name in ("baseline", "metric") else "right")
+    scores = score_baselines(dataset, table=TableBaseline.fit(MeleeDataset.from_store(store, "train", data_cfg)))
+    title = (
+        f"baselines, split {split!r} ({data_cfg.split}, val_fraction {data_cfg.val_fraction}, salt "
+        f"{data_cfg.split_salt!r}): {dataset.num_games} games, {len(dataset):,} windows"
+    )
+    table = Table(title=title)
+    table.add_column("baseline")
+    for metric in BASELINE_METRICS:
+        table.add_column(metric, justify="right")
     for baseline in BASELINES:
-        for metric in ("pos_mae", "change_acc", "action_acc"):
-            table.add_row(baseline, metric, *(f"{scores[baseline][f'{metric}/{k}']:.4f}" for k in ("p0", "p1", "all")))
+        table.add_row(baseline, *(f"{scores[baseline][f'{metric}/all']:.4f}" for metric in BASELINE_METRICS))
     console.print(table)
 
 
@@ -92,6 +101,9 @@ def _cmd_baseline(args: argparse.Namespace, console: Console) -> None:
         context_len=args.context_len,
         multi_position=not args.last_position_only,
         val_fraction=args.val_fraction,
+        split=args.split_kind,
+        split_salt=args.split_salt,
+        tail_gap=args.tail_gap,
     )
     print_baseline(open_store(args.store), data_cfg, args.split, console)
 
@@ -155,11 +167,14 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("store")
     info.set_defaults(func=_cmd_info)
 
-    baseline = sub.add_parser("baseline", help="score the persistence and constant-velocity baselines on a split")
+    baseline = sub.add_parser("baseline", help="score every baseline (table fitted on the train split) on a split")
     baseline.add_argument("store")
     baseline.add_argument("--split", choices=("train", "val", "all"), default="val")
     baseline.add_argument("--context-len", type=int, default=DataConfig.context_len, help="K frames of context")
     baseline.add_argument("--val-fraction", type=float, default=DataConfig.val_fraction)
+    baseline.add_argument("--split-kind", choices=SPLIT_KINDS, default=DataConfig.split, help="data.split of the run")
+    baseline.add_argument("--split-salt", default=DataConfig.split_salt, help="data.split_salt of the run")
+    baseline.add_argument("--tail-gap", type=int, default=DataConfig.tail_gap, help="data.tail_gap of the run")
     baseline.add_argument("--last-position-only", action="store_true", help="score only each window's last frame")
     baseline.set_defaults(func=_cmd_baseline)
 

@@ -18,9 +18,9 @@ from melee_wm.encoding.layout import NUM_PLAYERS, STAGE_FIELD, Layout
 from melee_wm.eval.constraints import physical_violations
 from melee_wm.eval.rollout import constant_velocity_rollout, persistence_rollout, rollout, rollout_by_rerun
 from melee_wm.eval.rollout_eval import rollout_windows, score_frames
-from melee_wm.eval.stages import STAGES, is_dead_action, outside_blast_zone, stage_table
 from melee_wm.frames.reconstruct import advance_state_age, reconstruct_frame
 from melee_wm.frames.targets import RESIDUAL, TargetCodec, target_statistics
+from melee_wm.game.stages import STAGES, is_dead_action, outside_blast_zone, stage_table
 from melee_wm.model.build import build_model
 from melee_wm.model.config import ModelConfig, load_model_config
 from melee_wm.model.heads import Prediction
@@ -110,7 +110,7 @@ def test_reconstruction_advances_state_age_by_rule(codecs, layout, windows):
         codec,
         floats[:, t],
         ints[:, t],
-        floats[:, t - 1],
+        (floats[:, t - 1], ints[:, t - 1]),
         floats[:, t + 1, layout.float_slice("controller")],
     )
     act, scale = layout.int_slice("action"), layout.cfg.state_age_scale

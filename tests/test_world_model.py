@@ -15,6 +15,7 @@ from melee_wm.model.config import ARCH_KEYS, ModelConfig, load_model_config
 from melee_wm.model.heads import Prediction
 from melee_wm.model.interface import WorldModelInterface
 from melee_wm.model.mlp import FrameStackMLP
+from melee_wm.model.motion import MotionFeatures
 from melee_wm.model.world_model import WorldModel, drop_path
 from melee_wm.paths import config_dir
 
@@ -70,7 +71,7 @@ def flat(pred: Prediction) -> torch.Tensor:
 def flat_state(state) -> torch.Tensor:
     if isinstance(state, torch.Tensor):
         return state.flatten()
-    return torch.cat([t.flatten() for s in state for t in (s.conv, s.resolved().ssm)])
+    return torch.cat([t.flatten() for s in state.layers for t in (s.conv, s.resolved().ssm)])
 
 
 @pytest.mark.parametrize(("arch", "cls"), [("mamba2", WorldModel), ("mlp", FrameStackMLP)])
@@ -272,7 +273,8 @@ def expected_parameters(cfg: ModelConfig, layout: Layout) -> int:
     # Block: pre-norm; mixer in_proj (z, xBC, dt; no bias), depthwise conv (+bias), dt_bias/A_log/D, gated
     # norm, out_proj (no bias).
     mixer = d * (d_inner + conv_dim + nheads) + conv_dim * (cfg.d_conv + 1) + 3 * nheads + d_inner + d_inner * d
-    trunk = (frame_dim + 1) * d + cfg.n_layers * (d + mixer) + d  # in_proj, blocks, final norm
+    motion = MotionFeatures.width if cfg.motion_inputs else 0  # fp32 motion inputs beside the embedded frame
+    trunk = (frame_dim + motion + 1) * d + cfg.n_layers * (d + mixer) + d  # in_proj, blocks, final norm
     return embed + trunk + heads
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from melee_wm.data.split import SPLIT_KINDS
 from melee_wm.schema import require
 
 
@@ -18,8 +19,12 @@ class DataConfig:
     from_samples: bool = False  # build `store` from the six sample replays when it does not exist yet
     context_len: int = 30  # K: context frames per window (a window holds K + 1 frames)
     multi_position: bool = True  # predict the next frame at every context position (P = K), else the last (P = 1)
-    val_fraction: float = 0.1  # share of games (by md5 hash) in the validation split
-    split_salt: str = ""  # mixed into the split hash; changing it draws a different split
+    # How validation frames are chosen (melee_wm/data/split.py): "game" holds out whole games (by md5 hash),
+    # "tail" the last `val_fraction` of every game, `tail_gap` frames after the training frames end.
+    split: str = "game"
+    val_fraction: float = 0.1  # share of games (split "game") or of every game's frames (split "tail") in val
+    split_salt: str = ""  # mixed into the game split's hash; changing it draws a different split
+    tail_gap: int = 90  # frames between a game's training and validation frames (split "tail")
     batch_size: int = 512
     num_workers: int = 0
     pin_memory: bool = False
@@ -34,6 +39,14 @@ class DataConfig:
 
         c = "DataConfig"
         require(self.context_len >= 1, f"{c}.context_len", self.context_len, ">= 1")
+        require(self.split in SPLIT_KINDS, f"{c}.split", self.split, f"one of {list(SPLIT_KINDS)}")
+        if self.split == "tail":
+            require(
+                self.tail_gap >= self.window_len,
+                f"{c}.tail_gap",
+                self.tail_gap,
+                f">= the window length {self.window_len}",
+            )
         require(0.0 <= self.val_fraction <= 1.0, f"{c}.val_fraction", self.val_fraction, "in [0, 1]")
         require(0 <= self.swap_players_p <= 1, f"{c}.swap_players_p", self.swap_players_p, "a probability in [0, 1]")
         require(self.batch_size >= 1, f"{c}.batch_size", self.batch_size, ">= 1")

@@ -22,7 +22,7 @@ from torch import Tensor
 from melee_wm.data.augment import swap_players_where
 from melee_wm.data.batch import Batch, Targets, build_batch
 from melee_wm.data.config import DataConfig
-from melee_wm.data.split import SPLITS, select_games
+from melee_wm.data.split import SPLITS, select_segments
 from melee_wm.data.store import Store, open_store
 from melee_wm.encoding.config import EncodingConfig
 from melee_wm.encoding.layout import Layout
@@ -231,13 +231,22 @@ class MeleeDataset(torch.utils.data.Dataset):
             lo, hi = ([stats[n][k] for n in layout.int_names] for k in ("min", "max"))
             check_vocab(np.array(lo), np.array(hi), layout, name)
         games = store.games
-        chosen = [games[i] for i in select_games((g.md5 for g in games), split, cfg.val_fraction, cfg.split_salt)]
-        chosen.sort(key=lambda g: (g.shard, g.offset))
+        segments = select_segments(
+            [g.md5 for g in games],
+            [g.length for g in games],
+            split,
+            cfg.split,
+            cfg.val_fraction,
+            cfg.split_salt,
+            cfg.tail_gap,
+        )
+        segments.sort(key=lambda s: (games[s[0]].shard, games[s[0]].offset))
+        chosen = [games[i] for i, _, _ in segments]
         return cls(
             [(s.floats, s.ints) for s in store.shards],
             np.array([g.shard for g in chosen], dtype=np.int64),
-            np.array([g.offset for g in chosen], dtype=np.int64),
-            np.array([g.length for g in chosen], dtype=np.int64),
+            np.array([g.offset + first for g, (_, first, _) in zip(chosen, segments, strict=True)], dtype=np.int64),
+            np.array([n for _, _, n in segments], dtype=np.int64),
             [g.md5 for g in chosen],
             cfg,
             store.config,
@@ -298,6 +307,14 @@ class MeleeDataset(torch.utils.data.Dataset):
     def num_frames(self) -> int:
         """Frames in the selected games."""
         return int(self.game_length.sum())
+
+    def game_frames(self, game: int) -> tuple[np.ndarray, np.ndarray]:
+        """(length, num_floats) float64 and (length, num_ints) int64 arrays of selected game `game`, on the host
+        (for statistics and fitted baselines, which read whole games once)."""
+        floats, ints = self.shards[int(self.game_shard[game])]
+        start, length = int(self.game_start[game]), int(self.game_length[game])
+        rows = slice(start, start + length)
+        return floats[rows].cpu().numpy().astype(np.float64), ints[rows].cpu().numpy().astype(np.int64)
 
     def __len__(self) -> int:
         """Number of windows."""

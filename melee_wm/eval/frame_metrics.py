@@ -48,8 +48,14 @@ def _by_player(values: Tensor) -> Tensor:
 
 
 class FrameMetrics(torch.nn.Module):
-    """change_acc, action_acc, pos_mae (per player and all), percent_mae, velocity_mae, binary_acc,
-    binary_flip_acc and action_cat_acc/<category> of predicted next frames; scales from `layout.cfg`.
+    """change_acc, false_change, action_acc, pos_mae and pos_mae_smooth (per player and all), percent_mae,
+    velocity_mae, binary_acc, binary_flip_acc and action_cat_acc/<category> of predicted next frames; scales
+    from `layout.cfg`.
+
+    false_change is the share of (frame, player) entries whose action does not change where a change was
+    predicted: change_acc alone rises by predicting changes everywhere. pos_mae_smooth is pos_mae on the
+    entries whose position does not jump into the current or the next frame (respawns, `position_jumps`): a
+    tiny share of frames that carries a large share of the error of every extrapolating predictor.
 
     action_cat_acc/<category> is action accuracy on the (frame, player) entries whose TRUE next action falls in
     that category of `melee_wm.eval.action_categories`; a category never seen reports NaN, so the keys are the
@@ -67,7 +73,9 @@ class FrameMetrics(torch.nn.Module):
         self.percent_cols = [layout.player_float_index(p, "percent") - start for p in range(NUM_PLAYERS)]
         self.register_buffer("categories", category_of(layout.int_vocab("action")), persistent=False)
         self.change = ChangeAccuracy()
+        self.false_change = MaskedMean(1)
         self.position = PositionMAE(cfg.position_scale)
+        self.position_smooth = PositionMAE(cfg.position_scale)
         self.action = MaskedMean(NUM_PLAYERS)
         self.action_category = MaskedMean(len(CATEGORY_NAMES))
         self.percent = MaskedMean(1)
@@ -76,9 +84,17 @@ class FrameMetrics(torch.nn.Module):
         self.binary_flip = MaskedMean(1)
 
     @torch.no_grad()
-    def update(self, pred: NextFrame, true: NextFrame, current: NextFrame, valid: ColumnMask | None = None) -> None:
+    def update(
+        self,
+        pred: NextFrame,
+        true: NextFrame,
+        current: NextFrame,
+        valid: ColumnMask | None = None,
+        smooth: Tensor | None = None,
+    ) -> None:
         """Add one batch. pred, true, current: NextFrames of one shape (..., width), `current` the frame each
-        prediction starts from; valid: per-window validity broadcastable to (...) (see `ColumnMask`)."""
+        prediction starts from; valid: per-window validity broadcastable to (...) (see `ColumnMask`); smooth:
+        (..., 2 players) bool, entries without a position jump (None: pos_mae_smooth counts nothing)."""
 
         def ok(values: Tensor, kind: str, key: str) -> Tensor:
             mask = None if valid is None else getattr(valid, kind).get(key)
@@ -89,6 +105,8 @@ class FrameMetrics(torch.nn.Module):
         # A masked entry is made a non-change frame, which ChangeAccuracy leaves out of both its sums.
         self.change.update(act_pred, torch.where(act_ok, act_true, act_current), act_current)
         hit = act_pred == act_true
+        stays = (act_true == act_current) & act_ok
+        self.false_change.update((act_pred != act_current).reshape(-1, 1), stays.reshape(-1, 1))
         self.action.update(hit.reshape(-1, NUM_PLAYERS), act_ok.reshape(-1, NUM_PLAYERS))
         in_category = torch.nn.functional.one_hot(self.categories[act_true.reshape(-1)], len(CATEGORY_NAMES)).bool()
         self.action_category.update(hit.reshape(-1, 1).expand_as(in_category), in_category & act_ok.reshape(-1, 1))
@@ -96,10 +114,9 @@ class FrameMetrics(torch.nn.Module):
         cont_pred, cont_true = pred.floats[self.group], true.floats[self.group]
         cont_ok = ok(cont_true, "floats", self.group)
         xy_pred, xy_true, xy_ok = (select_xy(v, self.layout) for v in (cont_pred, cont_true, cont_ok))
-        if valid is not None:  # PositionMAE has no mask: keep the (frame) rows whose four x/y entries are valid
-            keep = xy_ok.all(-1).all(-1)
-            xy_pred, xy_true = xy_pred[keep], xy_true[keep]
-        self.position.update(xy_pred, xy_true)
+        keep = xy_ok.all(-1)  # (..., 2 players)
+        self.position.update(xy_pred, xy_true, keep)
+        self.position_smooth.update(xy_pred, xy_true, keep & (False if smooth is None else smooth))
         cols = self.percent_cols
         err = (cont_pred[..., cols] - cont_true[..., cols]).abs() / self.percent_scale
         self.percent.update(err.reshape(-1, 1), cont_ok[..., cols].reshape(-1, 1))
@@ -114,13 +131,16 @@ class FrameMetrics(torch.nn.Module):
         self.binary_flip.update(bits_hit, bits_ok & (bits_true != bits_current).reshape(-1, 1))
 
     def compute(self) -> dict[str, float]:
-        """Flat {name: value}: change_acc/{p0,p1,all}, action_acc/{p0,p1,all}, pos_mae/{p0,p1,all}, percent_mae,
+        """Flat {name: value}: change_acc/{p0,p1,all}, false_change/all, action_acc/{p0,p1,all}, pos_mae/{p0,p1,all},
+        pos_mae_smooth/{p0,p1,all}, percent_mae,
         velocity_mae, binary_acc, binary_flip_acc, action_cat_acc/<category>. NaN where nothing was counted."""
         out = {f"change_acc/{k}": float(v) for k, v in self.change.compute().items()}
+        out["false_change/all"] = float(self.false_change.compute())
         action = self.action.compute()
         out |= {f"action_acc/p{p}": float(action[p]) for p in range(NUM_PLAYERS)}
         out["action_acc/all"] = float(self.action.total.sum() / self.action.count.sum())
         out |= {f"pos_mae/{k}": float(v) for k, v in self.position.compute().items()}
+        out |= {f"pos_mae_smooth/{k}": float(v) for k, v in self.position_smooth.compute().items()}
         out["percent_mae"] = float(self.percent.compute())
         out["velocity_mae"] = float(self.velocity.compute())
         out["binary_acc"] = float(self.binary.compute())

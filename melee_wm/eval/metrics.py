@@ -72,16 +72,22 @@ class PositionMAE(Metric):
         self.add_state("abs_error", default=torch.zeros(NUM_PLAYERS, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("count", default=torch.zeros(NUM_PLAYERS, dtype=torch.long), dist_reduce_fx="sum")
 
-    def update(self, pred: Tensor, target: Tensor) -> None:
-        """Add a batch's absolute x/y errors. pred, target: (..., 2 players, 2 coords) in encoded units."""
+    def update(self, pred: Tensor, target: Tensor, keep: Tensor | None = None) -> None:
+        """Add a batch's absolute x/y errors. pred, target: (..., 2 players, 2 coords) in encoded units; keep:
+        (..., 2 players) bool, the (frame, player) entries to count (None: all)."""
         if pred.shape != target.shape or pred.shape[-2:] != (NUM_PLAYERS, 2):
             raise ValueError(
                 f"PositionMAE: pred and target must share a (..., {NUM_PLAYERS}, 2) shape, got "
                 f"{tuple(pred.shape)} and {tuple(target.shape)}"
             )
         err = (pred.double() - target.double()).abs().reshape(-1, NUM_PLAYERS, 2)
-        self.abs_error += err.sum((0, 2))
-        self.count += err.shape[0] * 2
+        if keep is None:
+            self.abs_error += err.sum((0, 2))
+            self.count += err.shape[0] * 2
+            return
+        keep = keep.reshape(-1, NUM_PLAYERS)
+        self.abs_error += torch.where(keep[..., None], err, 0.0).sum((0, 2))
+        self.count += keep.sum(0) * 2
 
     def compute(self) -> dict[str, Tensor]:
         """{"p0", "p1", "all"}: mean absolute error per coordinate, in game units."""

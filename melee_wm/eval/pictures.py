@@ -14,12 +14,18 @@ from matplotlib.patches import Rectangle
 
 from melee_wm.encoding.layout import NUM_PLAYERS, STAGE_FIELD, Layout
 from melee_wm.eval.rollout_eval import PREDICTORS, RolloutReport
-from melee_wm.eval.stages import STAGES
+from melee_wm.game.stages import STAGES
 
 ERROR_PLOT = "rollout_error.png"
 TRAJECTORY_PLOT = "rollout_trajectories.png"
 ANIMATION = "rollout.gif"
-STYLES = {"model": ("C3", "-"), "persistence": ("0.5", ":"), "constant_velocity": ("C0", "--")}
+STYLES = {
+    "model": ("C3", "-"),
+    "persistence": ("0.5", ":"),
+    "constant_velocity": ("C0", "--"),
+    "robust_constant_velocity": ("C2", "-."),
+    "table": ("C1", "--"),
+}
 PANELS = (
     ("pos_mae", "position MAE (game units)"),
     ("vel_mae", "velocity MAE (game units/frame)"),
@@ -36,7 +42,7 @@ def plot_error_vs_horizon(report: RolloutReport, out: Path) -> Path:
     fig, axes = plt.subplots(1, len(PANELS), figsize=(4.2 * len(PANELS), 3.6))
     horizons = range(1, report.horizon + 1)
     for ax, (metric, title) in zip(axes, PANELS, strict=True):
-        for name in PREDICTORS:
+        for name in (p for p in PREDICTORS if p in data[metric]):
             color, style = STYLES[name]
             ax.plot(horizons, data[metric][name], style, color=color, label=name.replace("_", " "))
         ax.set_title(title)

@@ -11,12 +11,19 @@ them, or the last `window`), as a model without a carried state would have to. W
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
-from melee_wm.frames.reconstruct import reconstruct_frame
+from melee_wm.data.batch import Targets, map_tensors
+from melee_wm.encoding.layout import Layout
+from melee_wm.frames.frame import NextFrame, PreviousFrame
+from melee_wm.frames.reconstruct import frame_from_next, reconstruct_frame
 from melee_wm.frames.targets import TargetCodec
 from melee_wm.model.interface import WorldModelInterface
+
+OneStep = Callable[[Targets, PreviousFrame, Tensor], NextFrame]  # (targets, previous, character) -> next frame
 
 
 def _check(floats: Tensor, ints: Tensor, context: int) -> int:
@@ -45,7 +52,7 @@ def rollout(
     ctrl = floats[..., codec.layout.float_slice("controller")]
     pred, state = net(floats[:, :context], ints[:, :context], ctrl[:, 1 : context + 1], need_state=True)
     step_pred = pred.at(-1)
-    prev, cur_f, cur_i = floats[:, context - 2], floats[:, context - 1], ints[:, context - 1]
+    prev, cur_f, cur_i = (floats[:, context - 2], ints[:, context - 2]), floats[:, context - 1], ints[:, context - 1]
     out_f, out_i = [], []
     for h in range(horizon):
         next_f, next_i = reconstruct_frame(step_pred, codec, cur_f, cur_i, prev, ctrl[:, context + h])
@@ -53,7 +60,7 @@ def rollout(
         out_i.append(next_i)
         if h + 1 < horizon:
             step_pred, state = net.step(next_f, next_i, ctrl[:, context + h + 1], state, inplace=True)
-        prev, cur_f, cur_i = cur_f, next_f, next_i
+        prev, cur_f, cur_i = (cur_f, cur_i), next_f, next_i
     return torch.stack(out_f, 1), torch.stack(out_i, 1)
 
 
@@ -75,7 +82,9 @@ def rollout_by_rerun(
         end = context + h  # frames 0..end-1 are known; predict frame `end`
         lo = 0 if window is None else max(0, end - window)
         pred, _ = net(seq_f[:, lo:], seq_i[:, lo:], ctrl[:, lo + 1 : end + 1], need_state=False)
-        next_f, next_i = reconstruct_frame(pred.at(-1), codec, seq_f[:, -1], seq_i[:, -1], seq_f[:, -2], ctrl[:, end])
+        next_f, next_i = reconstruct_frame(
+            pred.at(-1), codec, seq_f[:, -1], seq_i[:, -1], (seq_f[:, -2], seq_i[:, -2]), ctrl[:, end]
+        )
         seq_f = torch.cat([seq_f, next_f[:, None]], 1)
         seq_i = torch.cat([seq_i, next_i[:, None]], 1)
     return seq_f[:, context:], seq_i[:, context:]
@@ -86,6 +95,41 @@ def persistence_rollout(floats: Tensor, ints: Tensor, context: int) -> tuple[Ten
     horizon = _check(floats, ints, context)
     last_f, last_i = floats[:, context - 1 : context], ints[:, context - 1 : context]
     return last_f.expand(-1, horizon, -1).clone(), last_i.expand(-1, horizon, -1).clone()
+
+
+@torch.no_grad()
+def baseline_rollout(
+    predict: Callable[[Targets, PreviousFrame, Tensor], NextFrame],
+    layout: Layout,
+    floats: Tensor,
+    ints: Tensor,
+    context: int,
+) -> tuple[Tensor, Tensor]:
+    """A one-step baseline (`robust_constant_velocity`, `TableBaseline.predict`) run forward on its own frames,
+    like the model: each predicted frame becomes the next current frame (`frame_from_next`, true controller).
+
+    predict(targets, previous, character): the next frame from Targets whose current_* fields are (B, 1, ...).
+    """
+    horizon = _check(floats, ints, context)
+    ctrl, chars = layout.float_slice("controller"), layout.int_slice("character")
+    prev, cur_f, cur_i = (floats[:, context - 2], ints[:, context - 2]), floats[:, context - 1], ints[:, context - 1]
+    out_f, out_i = [], []
+    for h in range(horizon):
+        current = Targets(
+            floats={},
+            categorical={},
+            current_floats={g: cur_f[:, None, layout.float_slice(g)] for g in layout.target_float_groups},
+            current_categorical={f: cur_i[:, None, layout.int_slice(f)].long() for f in layout.categorical_targets},
+        )
+        before = PreviousFrame(
+            prev[0][:, None, layout.float_slice("continuous")], prev[1][:, None, layout.int_slice("action")].long()
+        )
+        frame = map_tensors(predict(current, before, cur_i[:, None, chars].long()), lambda t: t[:, 0])
+        next_f, next_i = frame_from_next(frame, layout, cur_f, cur_i, floats[:, context + h, ctrl])
+        out_f.append(next_f)
+        out_i.append(next_i)
+        prev, cur_f, cur_i = (cur_f, cur_i), next_f, next_i
+    return torch.stack(out_f, 1), torch.stack(out_i, 1)
 
 
 def constant_velocity_rollout(floats: Tensor, ints: Tensor, context: int, xy_columns: Tensor) -> tuple[Tensor, Tensor]:

@@ -22,20 +22,23 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from melee_wm.data.batch import Targets
 from melee_wm.data.config import DataConfig
 from melee_wm.data.dataset import MeleeDataset
 from melee_wm.data.store import Store
 from melee_wm.encoding.config import EncodingConfig
 from melee_wm.encoding.layout import NUM_PLAYERS, Layout
 from melee_wm.eval.constraints import VIOLATIONS, physical_violations
-from melee_wm.eval.rollout import constant_velocity_rollout, persistence_rollout, rollout
+from melee_wm.eval.rollout import baseline_rollout, constant_velocity_rollout, persistence_rollout, rollout
+from melee_wm.eval.table_baseline import TableBaseline
+from melee_wm.frames.frame import NextFrame, PreviousFrame, robust_constant_velocity
 from melee_wm.frames.targets import TargetCodec
 from melee_wm.model.interface import WorldModelInterface
 
 SUMMARY_RANGES = ((1, 5), (1, 10), (1, 20))
 METRICS = ("pos_mae", "vel_mae", "percent_mae", "action_acc", "change_acc")
 HIGHER_IS_BETTER = ("action_acc", "change_acc")
-PREDICTORS = ("model", "persistence", "constant_velocity")
+PREDICTORS = ("model", "persistence", "constant_velocity", "robust_constant_velocity", "table")
 BASELINES = PREDICTORS[1:]
 NUM_EXAMPLES = 4  # starts kept whole for pictures
 PREFIX = "rollout"
@@ -151,7 +154,7 @@ class RolloutReport:
         for metric in METRICS:
             for a, b in self.ranges:
                 entry = {name: sums.over(metric, a, b) for name, sums in self.sums.items()}
-                for base in BASELINES:
+                for base in (b for b in BASELINES if b in self.sums):
                     entry[f"ratio_model_over_{base}"] = _ratio(entry["model"], entry[base])
                 summaries[f"{metric}_h{a}_{b}"] = entry
         return {
@@ -222,11 +225,18 @@ def evaluate_rollouts(
     samples: int,
     seed: int,
     batch_size: int = 256,
+    table: TableBaseline | None = None,
 ) -> RolloutReport:
-    """Roll the model and both baselines out from the same seeded starts of `windows` (windows of context + H
-    frames, `rollout_windows`) and score them. The network runs on its own device, in eval mode."""
+    """Roll the model and every baseline out from the same seeded starts of `windows` (windows of context + H
+    frames, `rollout_windows`) and score them; the table baseline when `table` (fitted on the run's training
+    split) is given. The network runs on its own device, in eval mode."""
     layout = codec.layout
     device = next(codec.buffers()).device
+    table = None if table is None else table.to(device)
+
+    def robust_cv(targets: Targets, previous: PreviousFrame, _: Tensor) -> NextFrame:
+        return robust_constant_velocity(targets, previous, layout)
+
     horizon = windows.cfg.window_len - context
     starts = draw_starts(len(windows), samples, seed)
     xy = torch.tensor(layout.position_columns, device=device)
@@ -248,7 +258,10 @@ def evaluate_rollouts(
                 "model": rollout(net, codec, floats, ints, context),
                 "persistence": persistence_rollout(floats, ints, context),
                 "constant_velocity": constant_velocity_rollout(floats, ints, context, xy),
+                "robust_constant_velocity": baseline_rollout(robust_cv, layout, floats, ints, context),
             }
+            if table is not None:
+                preds["table"] = baseline_rollout(table.predict, layout, floats, ints, context)
             for name, (pf, pi) in preds.items():
                 s = score_frames(layout, pf, pi, true_f, true_i, last_f, last_i, valid_f, valid_i)
                 sums[name] = s if name not in sums else sums[name] + s

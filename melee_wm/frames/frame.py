@@ -1,5 +1,6 @@
 """`NextFrame`: next-frame values, the one record that decoded model predictions, baselines and rollouts produce
-and the metrics consume; and the two baselines (README.md, "Training") built from a batch's targets.
+and the metrics consume; the rule baselines (README.md, "Baselines") built from a batch's targets; and which
+positions jump (respawns) rather than move.
 
 A batch's target position j (0 <= j < P) is context index t = K - P + j: it predicts frame t + 1 from frame t.
 Constant velocity also needs frame t - 1, which only exists for t >= 1 (`positions_with_previous`); the model
@@ -14,8 +15,9 @@ from typing import TypeVar
 import torch
 from torch import Tensor
 
-from melee_wm.data.batch import Batch, Targets, map_tensors, next_values
-from melee_wm.encoding.layout import Layout
+from melee_wm.data.batch import Batch, Targets, map_tensors, next_values, select_xy
+from melee_wm.encoding.layout import NUM_PLAYERS, Layout
+from melee_wm.game.physics import position_jump
 
 T = TypeVar("T")
 
@@ -34,6 +36,14 @@ def true_next_frame(targets: Targets, layout: Layout) -> NextFrame:
     """The true next frame: DELTA targets added to the current values, the other targets as they are."""
     floats = {g: next_values(layout, g, v, targets.current_floats[g]) for g, v in targets.floats.items()}
     return NextFrame(floats=floats, categorical=dict(targets.categorical))
+
+
+@dataclass
+class PreviousFrame:
+    """Frame t - 1 of each scored position t: continuous (B, P', continuous width) values, action (B, P', 2) ids."""
+
+    continuous: Tensor
+    action: Tensor
 
 
 def current_frame(targets: Targets) -> NextFrame:
@@ -67,6 +77,51 @@ def constant_velocity(targets: Targets, previous_continuous: Tensor, layout: Lay
     return frame
 
 
+def robust_constant_velocity(targets: Targets, previous: PreviousFrame, layout: Layout) -> NextFrame:
+    """Constant velocity, except that a player whose position jumped into the current frame (a respawn,
+    `melee_wm.game.physics.position_jump`) persists instead of extrapolating the jump."""
+    frame = current_frame(targets)
+    group = layout.position_group
+    current = frame.floats[group]
+    displacement = robust_displacement(current, previous, targets.current_categorical["action"], layout)
+    xy = torch.tensor(layout.position_offsets, device=current.device)
+    continuous = current.clone()
+    continuous[..., xy] = current[..., xy] + displacement[..., xy]
+    frame.floats[group] = continuous
+    return frame
+
+
+def robust_displacement(current: Tensor, previous: PreviousFrame, action: Tensor, layout: Layout) -> Tensor:
+    """(..., position group width) frame t minus frame t - 1, with 0 on the x and y of a player whose position
+    jumped into frame t: the per-frame move robust constant velocity continues, and the position prior of the
+    residual target parameterization. current: (..., width) frame t's position group; action: (..., 2) ids."""
+    jumped = jumped_into(current, previous, action, layout)  # (..., 2 players)
+    xy = torch.tensor(layout.position_offsets, device=current.device).reshape(NUM_PLAYERS, -1)
+    keep = torch.ones_like(current)
+    for player in range(NUM_PLAYERS):
+        keep[..., xy[player]] = (~jumped[..., player, None]).to(current.dtype)
+    return (current - previous.continuous) * keep
+
+
+def jumped_into(current: Tensor, previous: PreviousFrame, action: Tensor, layout: Layout) -> Tensor:
+    """(..., 2 players) bool: whether each player's position jumped from frame t - 1 into frame t (a respawn).
+    current: (..., position group width) frame t's values; action: (..., 2) frame t's action ids."""
+    scale = layout.cfg.position_scale
+    before, now = select_xy(previous.continuous, layout) / scale, select_xy(current, layout) / scale
+    return position_jump(before, now, previous.action, action)
+
+
+def position_jumps(targets: Targets, previous: PreviousFrame, layout: Layout) -> tuple[Tensor, Tensor]:
+    """((..., 2 players) bool, same): whether each player's position jumped from frame t - 1 into t, and from t
+    into t + 1 (the true next frame). Position error on frames with neither is the `pos_mae_smooth` error."""
+    group, scale = layout.position_group, layout.cfg.position_scale
+    current = select_xy(targets.current_floats[group], layout) / scale  # (..., 2 players, 2 coords)
+    after = current + select_xy(targets.floats[group], layout) / scale  # the position group is a delta
+    action, next_action = targets.current_categorical["action"], targets.categorical["action"]
+    into_current = jumped_into(targets.current_floats[group], previous, action, layout)
+    return into_current, position_jump(current, after, action, next_action)
+
+
 def positions_with_previous(batch: Batch) -> slice:
     """Target positions whose context index t = K - P + j is >= 1, i.e. whose frame t - 1 is in the context:
     positions 1..P-1 when P == K, all P positions when P < K."""
@@ -74,17 +129,31 @@ def positions_with_previous(batch: Batch) -> slice:
     return slice(max(0, 1 - (k - p)), p)
 
 
+def previous_frame(batch: Batch, layout: Layout, positions: slice) -> PreviousFrame:
+    """Frame t - 1 of the target positions `positions` (step 1, each with t >= 1, e.g.
+    `positions_with_previous(batch)`), taken from the context."""
+    rows = _previous_rows(batch, positions)
+    return PreviousFrame(
+        continuous=batch.floats[:, rows, layout.float_slice(layout.position_group)],
+        action=batch.ints[:, rows, layout.int_slice("action")].long(),
+    )
+
+
 def previous_continuous(batch: Batch, layout: Layout, positions: slice) -> Tensor:
-    """(B, P', width) `layout.position_group` values of frame t - 1 for the target positions `positions` (step 1, each
-    with t >= 1, e.g. `positions_with_previous(batch)`), taken from the context `batch.floats`."""
+    """(B, P', width) `layout.position_group` values of frame t - 1 for the target positions `positions` (see
+    `previous_frame`)."""
+    return batch.floats[:, _previous_rows(batch, positions), layout.float_slice(layout.position_group)]
+
+
+def _previous_rows(batch: Batch, positions: slice) -> slice:
+    """Context rows t - 1 of the target positions `positions` (consecutive, each with t >= 1)."""
     k, p = batch.floats.shape[1], batch.num_positions
     picked = range(p)[positions]
     if picked.step != 1 or (len(picked) and k - p + picked.start < 1):
         raise ValueError(
             f"previous_continuous: positions {positions} must be consecutive and have t >= 1 (K={k}, P={p})"
         )
-    rows = slice(k - p + picked.start - 1, k - p + picked.stop - 1)
-    return batch.floats[:, rows, layout.float_slice(layout.position_group)]
+    return slice(k - p + picked.start - 1, k - p + picked.stop - 1)
 
 
 def select_positions(obj: T, positions: slice) -> T:

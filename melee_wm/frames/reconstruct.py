@@ -12,7 +12,9 @@ model exactly the same frames. Every column comes from the layout by name:
   of changes (1 in 47%, -1 in ~4%), and an unchanged action advances by exactly one frame on ~80% of frames
   (0 during hitlag, fractional for animation-rate changes);
 - per-game columns the model does not predict (character, stage): carried from the current frame;
-- the controller of the next frame: from the ground truth (`next_ctrl_t`).
+- the controller of the next frame: from the ground truth (`next_ctrl_t`);
+- invariants the game guarantees: percent >= 0 and no stock gained (`TargetCodec.decode`), and a character
+  standing on a level main stage stays at its height (`keep_standing`).
 """
 
 from __future__ import annotations
@@ -21,11 +23,13 @@ import torch
 from torch import Tensor
 
 from melee_wm.data.batch import Targets
-from melee_wm.encoding.layout import NUM_PLAYERS, Layout
-from melee_wm.frames.frame import NextFrame
+from melee_wm.encoding.layout import NUM_PLAYERS, STAGE_FIELD, Layout
+from melee_wm.frames.frame import NextFrame, PreviousFrame, robust_displacement
 from melee_wm.frames.targets import TargetCodec
+from melee_wm.game.stages import flat_ground_table
 from melee_wm.model.heads import Prediction
 
+STANDING_HEIGHT = 0.01  # game units from y = 0 within which a grounded character stands on the main stage
 RESET_STATE_AGE = 0.0  # frames: state age of the first frame of a new action (the most common value, see above)
 
 
@@ -55,7 +59,21 @@ def frame_from_next(next_frame: NextFrame, layout: Layout, floats_t: Tensor, int
     for f in layout.categorical_targets:
         ints[..., layout.int_slice(f)] = next_frame.categorical[f].to(ints.dtype)
     floats[..., _state_age_columns(layout)] = advance_state_age(layout, floats_t, ints_t, ints).to(floats.dtype)
+    keep_standing(layout, floats_t, ints_t, floats)
     return floats, ints
+
+
+def keep_standing(layout: Layout, floats_t: Tensor, ints_t: Tensor, floats: Tensor) -> None:
+    """A character standing on a level main stage (`Stage.flat_ground`, y = 0) and predicted to stay on the
+    ground keeps its height: a model's small vertical error must not sink it through the stage. floats: the
+    next frame's columns (..., num_floats), changed in place."""
+    y = [layout.player_float_index(p, "y") for p in range(NUM_PLAYERS)]
+    ground = [layout.player_float_index(p, "on_ground") for p in range(NUM_PLAYERS)]
+    stage = ints_t[..., layout.int_slice(STAGE_FIELD)].long()  # (..., 1)
+    flat = flat_ground_table(layout.int_vocab(STAGE_FIELD), floats.device)[stage]
+    standing = (floats_t[..., ground] >= 0.5) & (floats[..., ground] >= 0.5) & flat
+    standing &= floats_t[..., y].abs() < STANDING_HEIGHT * layout.cfg.position_scale
+    floats[..., y] = torch.where(standing, floats_t[..., y], floats[..., y])
 
 
 def reconstruct_frame(
@@ -63,7 +81,7 @@ def reconstruct_frame(
     codec: TargetCodec,
     floats_t: Tensor,
     ints_t: Tensor,
-    prev_floats_t: Tensor | None,
+    previous: tuple[Tensor, Tensor] | None,
     next_ctrl_t: Tensor,
     true_ints: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
@@ -71,7 +89,8 @@ def reconstruct_frame(
 
     pred: one position's `Prediction` (floats group -> (B, width), categorical field -> (B, 2, vocab));
     floats_t (B, num_floats), ints_t (B, num_ints): frame t, the frame the prediction starts from;
-    prev_floats_t (B, num_floats): frame t - 1 (the residual parameterization needs it; else it may be None);
+    previous: frame t - 1 as (floats (B, num_floats), ints (B, num_ints)) (the residual parameterization needs it;
+    else it may be None);
     next_ctrl_t (B, num_ctrl): the true controller columns of frame t + 1;
     true_ints (B, num_ints): when given, frame t + 1's true int columns replace the argmax (teacher-forced
     categoricals; the state age then follows the true action).
@@ -86,9 +105,10 @@ def reconstruct_frame(
         current_categorical={},
     )
     prev_delta = None  # frame t - t-1 of the position group: the residual parameterization's input (else unused)
-    if prev_floats_t is not None:
-        cols = layout.float_slice(layout.position_group)
-        prev_delta = floats_t[..., cols] - prev_floats_t[..., cols]
+    if previous is not None:
+        cols, actions = layout.float_slice(layout.position_group), layout.int_slice("action")
+        before = PreviousFrame(previous[0][..., cols], previous[1][..., actions].long())
+        prev_delta = robust_displacement(floats_t[..., cols], before, ints_t[..., actions].long(), layout)
     next_frame = codec.decode(pred, current, prev_delta)
     if true_ints is not None:
         next_frame.categorical = {f: true_ints[..., layout.int_slice(f)] for f in layout.categorical_targets}

@@ -21,8 +21,9 @@ from torch import Tensor, nn
 
 from melee_wm.data.batch import Batch, Targets
 from melee_wm.data.dataset import MeleeDataset
-from melee_wm.encoding.layout import Layout, Target
+from melee_wm.encoding.layout import NUM_PLAYERS, Layout, Target
 from melee_wm.frames.frame import NextFrame, positions_with_previous
+from melee_wm.game.physics import position_jump
 from melee_wm.model.heads import Prediction
 
 RESIDUAL = "residual_over_constant_velocity"
@@ -52,10 +53,20 @@ def _pool_players(values: np.ndarray, layout: Layout, group: str) -> np.ndarray:
     return np.tile(per_player.sum(0), per_player.shape[0])
 
 
+def _jumps(floats: np.ndarray, ints: np.ndarray, layout: Layout) -> np.ndarray:
+    """(L - 1, 2 players) bool: whether each player's position jumps from frame t into t + 1 of one game."""
+    xy = floats[:, layout.position_columns] / layout.cfg.position_scale  # p0.x, p0.y, p1.x, p1.y
+    xy = torch.from_numpy(xy).reshape(len(floats), NUM_PLAYERS, -1)
+    action = torch.from_numpy(ints[:, layout.int_slice("action")])
+    return position_jump(xy[:-1], xy[1:], action[:-1], action[1:]).numpy()
+
+
 def target_statistics(dataset: MeleeDataset, parameterization: str) -> TargetStats:
     """Centre and scale of every regression column over all frames of `dataset`'s games.
 
-    Frames of a game whose replay format lacks a column's field are left out of that column's statistics.
+    Frames of a game whose replay format lacks a column's field are left out of that column's statistics, and
+    a player's x and y targets of frames whose position jumps (respawns: `melee_wm.game.physics`) out of the
+    position statistics: two dozen such frames would otherwise set the x/y scale (4-5x larger on the samples).
     """
     layout = dataset.layout
     groups = layout.regression_groups
@@ -65,25 +76,24 @@ def target_statistics(dataset: MeleeDataset, parameterization: str) -> TargetSta
     counts = {g: np.zeros(layout.float_width(g)) for g in groups}
     valid_floats = dataset.game_valid_floats.cpu().numpy()
     for game in range(dataset.num_games):
-        floats = dataset.shards[int(dataset.game_shard[game])][0]
-        start, length = int(dataset.game_start[game]), int(dataset.game_length[game])
-        rows = floats[start : start + length].cpu().numpy().astype(np.float64)
-        if length < 3:
+        rows, ints = dataset.game_frames(game)
+        if len(rows) < 3:
             continue
         for g in groups:
             cols = layout.float_slice(g)
             values = rows[:, cols]
-            if layout.float_target(g) == Target.DELTA:
-                values = np.diff(values, axis=0)
-                if g == layout.position_group and parameterization == RESIDUAL:
-                    values = values[1:].copy()
+            weight = np.ones_like(values[1:])  # (L - 1, width): 0 where a target is left out
+            values = np.diff(values, axis=0) if layout.float_target(g) == Target.DELTA else values[1:]
+            if g == layout.position_group:
+                jump = _jumps(rows, ints, layout)  # (L - 1, 2 players): jump into frame t + 1
+                weight[:, xy] = ~np.repeat(jump, 2, axis=1)  # xy holds p0.x, p0.y, p1.x, p1.y
+                if parameterization == RESIDUAL:
+                    values, weight = values[1:].copy(), weight[1:] * weight[:-1]
                     values[:, xy] = np.diff(np.diff(rows[:, cols][:, xy], axis=0), axis=0)
-            else:
-                values = values[1:]
             valid = valid_floats[game, cols].astype(np.float64)
-            sums[g] += values.sum(0) * valid
-            squares[g] += np.square(values).sum(0) * valid
-            counts[g] += len(values) * valid
+            sums[g] += (values * weight).sum(0) * valid
+            squares[g] += (np.square(values) * weight).sum(0) * valid
+            counts[g] += weight.sum(0) * valid
     center, scale = {}, {}
     for g in groups:
         n = np.maximum(_pool_players(counts[g], layout, g), 1)
@@ -96,6 +106,21 @@ def target_statistics(dataset: MeleeDataset, parameterization: str) -> TargetSta
         center[g] = c.tolist()
         scale[g] = np.where(s < MIN_SCALE, 1.0, s).tolist()
     return TargetStats(center, scale)
+
+
+def hold_invariants(frame: NextFrame, current: Targets, layout: Layout) -> NextFrame:
+    """What the game guarantees, whatever a model outputs: percent is never below 0 and a stock is never gained
+    (the rollout checks of `melee_wm/eval/constraints.py`). Applied to decoded predictions, so rollouts cannot
+    drift out of the game."""
+    group = layout.position_group
+    start = layout.float_slice(group).start
+    percent = [layout.player_float_index(p, "percent") - start for p in range(NUM_PLAYERS)]
+    frame.floats[group][..., percent] = frame.floats[group][..., percent].clamp_min(0.0)
+    start = layout.float_slice("dynamics").start
+    stocks = [layout.player_float_index(p, "stocks") - start for p in range(NUM_PLAYERS)]
+    now = current.current_floats["dynamics"][..., stocks]
+    frame.floats["dynamics"][..., stocks] = torch.minimum(frame.floats["dynamics"][..., stocks], now)
+    return frame
 
 
 def loss_positions(batch: Batch, parameterization: str) -> slice:
@@ -166,4 +191,4 @@ class TargetCodec(nn.Module):
             else:  # binary logits
                 floats[g] = (out > 0).to(out.dtype)
         categorical = {f: logits.argmax(-1) for f, logits in pred.categorical.items()}
-        return NextFrame(floats=floats, categorical=categorical)
+        return hold_invariants(NextFrame(floats=floats, categorical=categorical), current, self.layout)

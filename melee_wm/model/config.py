@@ -35,6 +35,7 @@ ARCH_KEYS: dict[str, tuple[str, ...]] = {
         "dt_min",
         "dt_max",
         "layer_dropout",
+        "motion_inputs",
     ),
     "mlp": ("mlp_frames", "mlp_hidden"),
 }
@@ -58,6 +59,8 @@ class ModelConfig:
     ngroups: int = 1
     chunk_size: int = 15  # SSD chunk length; windows up to chunk_size + 2 * d_state run as one chunk (exact)
     backend: str = "torch"  # "torch" (pure PyTorch, any device), "mamba_ssm" (fused CUDA kernels) or "auto"
+    # Each player's last per-frame move and the relative position as fp32 inputs (melee_wm/model/motion.py).
+    motion_inputs: bool = True
     dt_min: float = 0.001
     dt_max: float = 0.1
     norm_eps: float = 1e-5

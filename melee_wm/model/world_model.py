@@ -2,10 +2,13 @@
 
 Position t sees frames <= t (the trunk is causal) plus the controller input of frame t+1 (added in the heads),
 and predicts frame t+1. `forward` over a window and repeated `step` over the same frames give the same
-predictions; both carry a list of per-layer `Mamba2State`.
+predictions; both carry a `WorldModelState` (per-layer `Mamba2State`s and the last frame seen, whose motion
+inputs need the frame before).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -16,6 +19,7 @@ from melee_wm.model.embedding import FrameEmbedding
 from melee_wm.model.fused import resolve_backend
 from melee_wm.model.heads import Prediction, PredictionHeads
 from melee_wm.model.mamba2 import Mamba2, Mamba2State
+from melee_wm.model.motion import MotionFeatures
 from melee_wm.model.norm import RMSNorm
 from melee_wm.model.summary import Summarized
 
@@ -69,6 +73,15 @@ class ResidualBlock(nn.Module):
         return self._add(x, y), state
 
 
+@dataclass
+class WorldModelState:
+    """layers: one `Mamba2State` per block; previous: (floats (B, num_floats), ints (B, num_ints)) of the last
+    frame seen, or None before the first."""
+
+    layers: list[Mamba2State]
+    previous: tuple[Tensor, Tensor] | None = None
+
+
 class WorldModel(Summarized, nn.Module):
     """Frame embedding -> input projection -> n_layers residual Mamba-2 blocks -> final norm -> heads."""
 
@@ -76,7 +89,8 @@ class WorldModel(Summarized, nn.Module):
         super().__init__()
         self.cfg = cfg
         self.embed = FrameEmbedding(cfg, layout)
-        self.in_proj = nn.Linear(self.embed.out_dim, cfg.d_model)
+        self.motion = MotionFeatures(layout) if cfg.motion_inputs else None
+        self.in_proj = nn.Linear(self.embed.out_dim + (MotionFeatures.width if self.motion else 0), cfg.d_model)
         self.in_dropout = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(ResidualBlock(cfg) for _ in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps)
@@ -84,44 +98,54 @@ class WorldModel(Summarized, nn.Module):
 
     def init_state(
         self, batch: int, device: torch.device | None = None, dtype: torch.dtype | None = None
-    ) -> list[Mamba2State]:
-        """Zero recurrent state (one `Mamba2State` per layer), i.e. the state before the first frame."""
+    ) -> WorldModelState:
+        """Zero recurrent state (one `Mamba2State` per layer, no previous frame): the state before the first frame."""
         p = self.in_proj.weight
-        return [b.mixer.init_state(batch, device=device or p.device, dtype=dtype or p.dtype) for b in self.blocks]
+        return WorldModelState(
+            [b.mixer.init_state(batch, device=device or p.device, dtype=dtype or p.dtype) for b in self.blocks]
+        )
+
+    def _frame_features(self, floats: Tensor, ints: Tensor, previous: tuple[Tensor, Tensor] | None) -> Tensor:
+        """(B, L, d_model) inputs of the trunk: embedded frames and, when configured, their motion inputs."""
+        x = self.embed(floats, ints)
+        if self.motion is not None:
+            x = torch.cat([x, self.motion(floats, ints, previous).to(x.dtype)], -1)
+        return self.in_dropout(self.in_proj(x))
 
     def forward(
         self,
         floats: Tensor,
         ints: Tensor,
         next_ctrl: Tensor,
-        state: list[Mamba2State] | None = None,
+        state: WorldModelState | None = None,
         need_state: bool = True,
-    ) -> tuple[Prediction, list[Mamba2State] | None]:
+    ) -> tuple[Prediction, WorldModelState | None]:
         """floats: (B, L, num_floats); ints: (B, L, num_ints); next_ctrl: (B, L, num_ctrl), row t = the
         controller columns of frame t+1. state: per-layer state before frame 0 (None = zeros).
         Returns predictions of frame t+1 at every position t, and the state after the last frame (None when
         not `need_state`, as in training, which skips computing it)."""
-        x = self.in_dropout(self.in_proj(self.embed(floats, ints)))
-        states = [None] * len(self.blocks) if state is None else state
+        x = self._frame_features(floats, ints, None if state is None else state.previous)
+        states = [None] * len(self.blocks) if state is None else state.layers
         new_states = []
         for block, s in zip(self.blocks, states, strict=True):
             x, s = block(x, s, need_state)
             new_states.append(s)
-        return self.heads(self.norm(x), next_ctrl, ints), new_states if need_state else None
+        pred = self.heads(self.norm(x), next_ctrl, ints)
+        return pred, WorldModelState(new_states, (floats[:, -1], ints[:, -1])) if need_state else None
 
     def step(
         self,
         floats_t: Tensor,
         ints_t: Tensor,
         next_ctrl_t: Tensor,
-        state: list[Mamba2State],
+        state: WorldModelState,
         inplace: bool = False,
-    ) -> tuple[Prediction, list[Mamba2State]]:
+    ) -> tuple[Prediction, WorldModelState]:
         """One frame: floats_t (B, num_floats), ints_t (B, num_ints), next_ctrl_t (B, num_ctrl). inplace: reuse
         `state`'s memory for the new state (inference loops that drop the old one; not under autograd)."""
-        x = self.in_dropout(self.in_proj(self.embed(floats_t, ints_t)))
+        x = self._frame_features(floats_t[:, None], ints_t[:, None], state.previous)[:, 0]
         new_states = []
-        for block, s in zip(self.blocks, state, strict=True):
+        for block, s in zip(self.blocks, state.layers, strict=True):
             x, s = block.step(x, s, inplace)
             new_states.append(s)
-        return self.heads(self.norm(x), next_ctrl_t, ints_t), new_states
+        return self.heads(self.norm(x), next_ctrl_t, ints_t), WorldModelState(new_states, (floats_t, ints_t))

@@ -111,8 +111,9 @@ def load_world_model(path: str | Path, device: str | torch.device = "cpu") -> Wo
             "or a state_dict"
         )
     try:
-        module = WorldModelModule(hparams["config"], hparams["target_stats"], hparams.get("baseline_scores"))
+        module = WorldModelModule(hparams["config"], hparams["target_stats"])
         module.load_state_dict(ckpt["state_dict"])
+        module.on_load_checkpoint(ckpt)  # the fitted table baseline (and RNG states)
     except (RuntimeError, KeyError, TypeError) as err:
         raise CheckpointError(f"{path}: its weights do not fit the model its config describes ({err})") from None
     return module.to(device).eval()

@@ -68,9 +68,13 @@ class ObjectiveConfig:
         require(self.action_change_weight >= 0, "objective.action_change_weight", self.action_change_weight, ">= 0")
 
 
+POSITION_TERM = "position"  # the loss term (and weight name) of the x and y columns
+
+
 def loss_groups(layout: Layout) -> tuple[list[str], list[str]]:
-    """(regression groups, every weighted name): the names `ObjectiveConfig` may use for this layout."""
-    return layout.regression_groups, [*layout.target_float_groups, *layout.categorical_targets]
+    """(regression groups, every weighted name): the names `ObjectiveConfig` may use for this layout. The x and
+    y columns of the position group are their own term, `position`; the group's other columns keep its name."""
+    return layout.regression_groups, [*layout.target_float_groups, POSITION_TERM, *layout.categorical_targets]
 
 
 def check_objective_names(objective: ObjectiveConfig, layout: Layout) -> None:

@@ -25,7 +25,7 @@ import torch
 
 from melee_wm.data.batch import Batch, ColumnMask, Targets
 from melee_wm.encoding.layout import Layout, Target
-from melee_wm.frames.frame import select_positions, true_next_frame
+from melee_wm.frames.frame import PreviousFrame, robust_displacement, select_positions, true_next_frame
 from melee_wm.frames.reconstruct import reconstruct_frame
 from melee_wm.frames.targets import RESIDUAL, TargetCodec
 from melee_wm.model.heads import Prediction
@@ -80,20 +80,21 @@ def self_forcing_loss(
     floats, ints, ctrl = batch.floats, batch.ints, batch.next_ctrl
     pred, state = net(floats[:, :start], ints[:, :start], ctrl[:, :start], need_state=True)
     step_pred = pred.at(-1)  # predicts frame `start`
-    prev_f, cur_f, cur_i = floats[:, start - 2], floats[:, start - 1], ints[:, start - 1]
-    preds, fed_f, fed_i, before = [], [], [], []
+    prev, cur_f, cur_i = (floats[:, start - 2], ints[:, start - 2]), floats[:, start - 1], ints[:, start - 1]
+    preds, fed_f, fed_i, before_f, before_i = [], [], [], [], []
     for t in range(start, k):
         true_ints = None if cfg.feed_back_categorical else ints[:, t]
-        next_f, next_i = reconstruct_frame(step_pred, codec, cur_f, cur_i, prev_f, ctrl[:, t - 1], true_ints)
+        next_f, next_i = reconstruct_frame(step_pred, codec, cur_f, cur_i, prev, ctrl[:, t - 1], true_ints)
         if cfg.detach_feedback:
             next_f = next_f.detach()
         step_pred, state = net.step(next_f, next_i, ctrl[:, t], state)
         preds.append(step_pred)
         fed_f.append(next_f)
         fed_i.append(next_i)
-        before.append(cur_f)
-        prev_f, cur_f, cur_i = cur_f, next_f, next_i
-    fed_f, fed_i, before = torch.stack(fed_f, 1), torch.stack(fed_i, 1), torch.stack(before, 1)
+        before_f.append(cur_f)
+        before_i.append(cur_i)
+        prev, cur_f, cur_i = (cur_f, cur_i), next_f, next_i
+    fed_f, fed_i = torch.stack(fed_f, 1), torch.stack(fed_i, 1)
     true = true_next_frame(select_positions(batch.targets, slice(p - steps, p)), layout)
     current = {g: fed_f[..., layout.float_slice(g)] for g in layout.target_float_groups}
     targets = Targets(
@@ -107,8 +108,9 @@ def self_forcing_loss(
     )
     prev_delta = None
     if codec.parameterization == RESIDUAL:
-        cols = layout.float_slice(layout.position_group)
-        prev_delta = fed_f[..., cols] - before[..., cols]
+        cols, actions = layout.float_slice(layout.position_group), layout.int_slice("action")
+        before = PreviousFrame(torch.stack(before_f, 1)[..., cols], torch.stack(before_i, 1)[..., actions].long())
+        prev_delta = robust_displacement(fed_f[..., cols], before, fed_i[..., actions].long(), layout)
     return loss_fn(
         stack_predictions(preds), codec.encode(targets, prev_delta), targets, ColumnMask.of_batch(batch, layout)
     )

@@ -63,7 +63,9 @@ def evaluate_checkpoint(
             f"store {opened.path}: split {split!r} has no window of {cfg.data.context_len + horizon} frames "
             f"({windows.num_games} games; val_fraction={cfg.data.val_fraction}, split_salt={cfg.data.split_salt!r})"
         )
-    report = evaluate_rollouts(module.net, module.codec, windows, cfg.data.context_len, samples, seed, batch_size)
+    report = evaluate_rollouts(
+        module.net, module.codec, windows, cfg.data.context_len, samples, seed, batch_size, module.table
+    )
     trained_on = training_fingerprint(checkpoint)
     same = None if trained_on is None else trained_on["games_md5"] == data_fingerprint(opened)["games_md5"]
     report.meta = {

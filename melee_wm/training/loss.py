@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from melee_wm.data.batch import ColumnMask, Targets
 from melee_wm.encoding.layout import Layout
 from melee_wm.model.heads import Prediction
-from melee_wm.training.config import ObjectiveConfig, loss_groups
+from melee_wm.training.config import POSITION_TERM, ObjectiveConfig, loss_groups
 
 DEFAULT_REGRESSION_LOSS = "l1"
 
@@ -70,6 +70,10 @@ class WorldModelLoss(nn.Module):
         self.huber_delta = objective.huber_delta
         self.action_change_weight = objective.action_change_weight
         self.binary_groups = [g for g in layout.target_float_groups if g not in regression]
+        xy = layout.position_offsets
+        others = [c for c in range(layout.float_width(layout.position_group)) if c not in xy]
+        self.register_buffer("xy", torch.tensor(xy, dtype=torch.long), persistent=False)
+        self.register_buffer("not_xy", torch.tensor(others, dtype=torch.long), persistent=False)
 
     def forward(
         self, pred: Prediction, standardized: dict[str, Tensor], targets: Targets, valid: ColumnMask | None
@@ -79,7 +83,12 @@ class WorldModelLoss(nn.Module):
         terms = {}
         for g in self.regression:
             values = regression_loss(self.kinds[g], pred.floats[g].float(), standardized[g], self.huber_delta)
-            terms[g] = masked_mean(values, None if valid is None else valid.floats[g])
+            mask = None if valid is None else valid.floats[g]
+            if g != self.layout.position_group:
+                terms[g] = masked_mean(values, mask)
+                continue
+            for name, cols in ((POSITION_TERM, self.xy), (g, self.not_xy)):  # x/y weigh apart from percent, shield
+                terms[name] = masked_mean(values[..., cols], None if mask is None else mask[..., cols])
         for g in self.binary_groups:
             values = F.binary_cross_entropy_with_logits(pred.floats[g].float(), targets.floats[g], reduction="none")
             terms[g] = masked_mean(values, None if valid is None else valid.floats[g])

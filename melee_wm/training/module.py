@@ -15,16 +15,12 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from melee_wm.data.batch import Batch, ColumnMask
+from melee_wm.data.batch import Batch, ColumnMask, Targets
 from melee_wm.encoding.layout import Layout
+from melee_wm.eval.baselines import BASELINES, ScoredFrames
 from melee_wm.eval.frame_metrics import FrameMetrics
-from melee_wm.frames.frame import (
-    current_frame,
-    positions_with_previous,
-    previous_continuous,
-    select_positions,
-    true_next_frame,
-)
+from melee_wm.eval.table_baseline import TableBaseline
+from melee_wm.frames.frame import positions_with_previous, previous_frame, robust_displacement, select_positions
 from melee_wm.frames.targets import RESIDUAL, TargetCodec, TargetStats
 from melee_wm.model.build import build_model
 from melee_wm.training.compose import train_config_from_dict
@@ -32,6 +28,8 @@ from melee_wm.training.config import TrainConfig
 from melee_wm.training.drift import DriftTraining
 from melee_wm.training.loss import LossOutput, WorldModelLoss
 from melee_wm.training.optim import build_optimizer
+
+TABLE_KEY = "table_baseline"  # checkpoint entry holding the fitted table's tensors
 
 
 def zero_output_layer(net: torch.nn.Module) -> None:
@@ -42,17 +40,15 @@ def zero_output_layer(net: torch.nn.Module) -> None:
 
 class WorldModelModule(L.LightningModule):
     """Trains a world model on `Batch`es. config: a `TrainConfig` as plain containers; target_stats: the
-    training split's `TargetStats.to_dict()`; baseline_scores: {"persistence": metrics, "constant_velocity": ...}
-    on the validation windows (`score_baselines`), logged beside the model's at every validation."""
+    training split's `TargetStats.to_dict()`; table: the table baseline fitted on the training split (it travels
+    in the checkpoint). Every baseline of `melee_wm.eval.baselines` is scored on the validation batches the
+    model is scored on, in the same pass, and logged beside it as `baseline/<name>/<metric>`."""
 
     def __init__(
-        self,
-        config: dict[str, Any],
-        target_stats: dict[str, Any],
-        baseline_scores: dict[str, dict[str, float]] | None = None,
+        self, config: dict[str, Any], target_stats: dict[str, Any], table: TableBaseline | None = None
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["table"])
         self.cfg: TrainConfig = train_config_from_dict(config)
         cfg = self.cfg
         self.layout = Layout(cfg.encoding)
@@ -65,38 +61,43 @@ class WorldModelModule(L.LightningModule):
         self.loss_fn = WorldModelLoss(self.layout, cfg.objective)
         self.train_metrics = FrameMetrics(self.layout)
         self.val_metrics = FrameMetrics(self.layout)
-        self.baseline_scores = baseline_scores or {}
+        self.table = table
+        self.val_baselines = torch.nn.ModuleDict({name: FrameMetrics(self.layout) for name in BASELINES})
+        self.baseline_scores: dict[str, dict[str, float]] = {}  # this fit's, once scored (also for the plot)
         self.last_loss_terms: dict[str, Tensor] = {}  # the latest training step's terms, for the non-finite stop
         self.drift = DriftTraining(cfg.drift, self.layout)  # context noise and self-forcing (off by default)
 
     # The step ------------------------------------------------------------------------------------------------
 
-    def _prev_delta(self, batch: Batch, positions: slice, current: Tensor) -> Tensor | None:
-        """Frame t minus frame t - 1 of the continuous group at `positions` (the residual parameterization's
-        input), or None under the delta parameterization."""
+    def _prev_delta(self, batch: Batch, positions: slice, targets: Targets) -> Tensor | None:
+        """Frame t minus frame t - 1 of the position group at `positions`, zero across a position jump (the
+        residual parameterization's prior), or None under the delta parameterization."""
         if self.codec.parameterization != RESIDUAL:
             return None
-        return current - previous_continuous(batch, self.layout, positions)
+        current = targets.current_floats[self.layout.position_group]
+        previous = previous_frame(batch, self.layout, positions)
+        return robust_displacement(current, previous, targets.current_categorical["action"], self.layout)
 
-    def forward_loss(self, batch: Batch, metrics: FrameMetrics | None = None) -> LossOutput:
-        """Loss of one batch; with `metrics`, also score the decoded predictions (no gradient)."""
+    def forward_loss(
+        self, batch: Batch, metrics: FrameMetrics | None = None, baselines: dict[str, FrameMetrics] | None = None
+    ) -> LossOutput:
+        """Loss of one batch; with `metrics`, also score the decoded predictions, and with `baselines` every
+        baseline on exactly the same positions and masks (no gradient)."""
         pred, _ = self.net(batch.floats, batch.ints, batch.next_ctrl, need_state=False)
         k, p = batch.floats.shape[1], batch.num_positions
         valid = ColumnMask.of_batch(batch, self.layout)
         pos = self.codec.positions(batch)
         targets = select_positions(batch.targets, pos)
-        prev = self._prev_delta(batch, pos, targets.current_floats[self.layout.position_group])
         cut = pred.at(slice(k - p + pos.start, k - p + pos.stop))
-        out = self.loss_fn(cut, self.codec.encode(targets, prev), targets, valid)
+        out = self.loss_fn(cut, self.codec.encode(targets, self._prev_delta(batch, pos, targets)), targets, valid)
         if metrics is not None:
             with torch.no_grad():
-                scored = positions_with_previous(batch)
-                if scored != pos:  # the delta parameterization's loss also covers position 0
-                    targets = select_positions(batch.targets, scored)
-                    cut = pred.at(slice(k - p + scored.start, k - p + scored.stop))
-                    prev = self._prev_delta(batch, scored, targets.current_floats[self.layout.position_group])
-                decoded = self.codec.decode(cut, targets, prev)
-                metrics.update(decoded, true_next_frame(targets, self.layout), current_frame(targets), valid)
+                scored = ScoredFrames(batch, self.layout, positions_with_previous(batch), self.table)
+                cut = pred.at(slice(k - p + scored.positions.start, k - p + scored.positions.stop))
+                prev = self._prev_delta(batch, scored.positions, scored.targets)
+                scored.score(metrics, self.codec.decode(cut, scored.targets, prev))
+                for name, frame in (scored.baselines() if baselines is not None else {}).items():
+                    scored.score(baselines[name], frame)
         return out
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
@@ -115,7 +116,10 @@ class WorldModelModule(L.LightningModule):
         return out.total + self.cfg.drift.self_forcing.weight * sf.total
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
-        out = self.forward_loss(batch, self.val_metrics)
+        # The validation batches are the same every epoch (never shuffled or swapped): score the baselines on
+        # them once per fit, in the same pass as the model, and log those scores at every later validation.
+        baselines = None if self.baseline_scores else dict(self.val_baselines)
+        out = self.forward_loss(batch, self.val_metrics, baselines)
         size = batch.floats.shape[0]
         self.log("val/loss", out.total, prog_bar=True, batch_size=size, sync_dist=True)
         self.log_dict({f"val/loss_{k}": v for k, v in out.terms.items()}, batch_size=size, sync_dist=True)
@@ -127,16 +131,22 @@ class WorldModelModule(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:
-            self.val_metrics.reset()
+            for metrics in (self.val_metrics, *self.val_baselines.values()):
+                metrics.reset()
             return
         self._log_metrics("val", self.val_metrics)
-        for name, scores in self.baseline_scores.items():
-            self.log_dict({f"baseline/{name}/{k}": v for k, v in scores.items()}, rank_zero_only=True)
+        if not self.baseline_scores:
+            self.baseline_scores = {name: m.compute() for name, m in self.val_baselines.items()}
+            for metrics in self.val_baselines.values():
+                metrics.reset()
+        for name, values in self.baseline_scores.items():
+            self.log_dict({f"baseline/{name}/{k}": v for k, v in values.items() if v == v}, sync_dist=False)
 
-    def _log_metrics(self, stage: str, metrics: FrameMetrics) -> None:
+    def _log_metrics(self, prefix: str, metrics: FrameMetrics) -> None:
+        """Log the epoch's values of `metrics` under `prefix/`, then reset it (NaNs are not logged)."""
         values = metrics.compute()
         metrics.reset()
-        self.log_dict({f"{stage}/{k}": v for k, v in values.items() if v == v}, sync_dist=False)
+        self.log_dict({f"{prefix}/{k}": v for k, v in values.items() if v == v}, sync_dist=False)
 
     # Optimizer, compile, checkpoint extras ---------------------------------------------------------------------
 
@@ -156,10 +166,18 @@ class WorldModelModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Keep the RNG states, so a resumed run draws what the uninterrupted run would have drawn."""
         checkpoint["rng_states"] = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1])}
+        if self.table is not None:
+            checkpoint[TABLE_KEY] = self.table.state()
         if torch.cuda.is_available():
             checkpoint["rng_states"]["cuda"] = torch.cuda.get_rng_state_all()
 
+    def on_validation_start(self) -> None:
+        if self.table is not None:
+            self.table.to(self.device)
+
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if TABLE_KEY in checkpoint:
+            self.table = TableBaseline(self.layout, checkpoint[TABLE_KEY])
         states = checkpoint.get("rng_states")
         if states is None:
             return

@@ -58,6 +58,7 @@ class RolloutEvalCallback(Callback):
                 self.cfg.samples,
                 self.cfg.seed,
                 self.cfg.batch_size,
+                pl_module.table,
             )
             self.last = {k: v for k, v in report.scalars().items() if not math.isnan(v)}
             if trainer.is_global_zero and self.out_dir is not None:

@@ -17,13 +17,15 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
+from rich.table import Table
 
 from melee_wm.data.datamodule import MeleeDataModule
 from melee_wm.data.dataset import MeleeDataset
 from melee_wm.data.store import Store, open_store
 from melee_wm.data.store_writer import build_store
 from melee_wm.encoding.config import config_diff, format_config_diff
-from melee_wm.eval.baselines import score_baselines
+from melee_wm.eval.baselines import BASELINES
+from melee_wm.eval.table_baseline import TableBaseline
 from melee_wm.frames.targets import target_statistics
 from melee_wm.samples import sample_dir
 from melee_wm.training.callbacks import HISTORY_FILE, build_callbacks
@@ -40,6 +42,7 @@ from melee_wm.training.config import TrainConfig
 from melee_wm.training.loggers import build_loggers, finish_loggers
 from melee_wm.training.module import WorldModelModule
 from melee_wm.training.plots import PLOT_FILE, plot_training
+from melee_wm.training.quiet import silence_framework_noise
 
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "final_metrics.json"
@@ -137,6 +140,7 @@ def train(cfg: DictConfig | TrainConfig | dict, extra_callbacks: list[Callback] 
     """
     config = cfg if isinstance(cfg, TrainConfig) else train_config_from_dict(cfg)
     console = Console()
+    silence_framework_noise()
     _, multirun = hydra_output_dir()
     check_strategy(config, multirun)
     run_dir = resolve_run_dir(config)
@@ -156,9 +160,7 @@ def train(cfg: DictConfig | TrainConfig | dict, extra_callbacks: list[Callback] 
     datamodule = MeleeDataModule(config.data, config.encoding)
     train_windows = MeleeDataset.from_store(store, "train", config.data)
     stats = target_statistics(train_windows, config.objective.position_parameterization)
-    val_windows = MeleeDataset.from_store(store, "val", config.data)
-    baselines = score_baselines(val_windows) if len(val_windows) else {}
-    module = WorldModelModule(container, stats.to_dict(), baselines)
+    module = WorldModelModule(container, stats.to_dict(), TableBaseline.fit(train_windows))
     console.print(module.net.summary(), soft_wrap=True)
 
     loggers = build_loggers(config, run_dir, container, fingerprint, module.net.num_parameters(), console)
@@ -183,7 +185,39 @@ def train(cfg: DictConfig | TrainConfig | dict, extra_callbacks: list[Callback] 
                         logger.log_image(key="plots/training", images=[str(plot)])
     finally:
         finish_loggers(loggers)
+    if trainer.is_global_zero:
+        print_verdict(metrics, run_dir, config, console)
     return metrics
+
+
+HEADLINE = (  # (metric key, what it says, True when higher is better)
+    ("pos_mae/all", "position MAE, all frames", False),
+    ("pos_mae_smooth/all", "position MAE, no-jump frames", False),
+    ("action_acc/all", "action accuracy", True),
+    ("change_acc/all", "action-change accuracy", True),
+    ("false_change/all", "false-change rate", False),
+)
+
+
+def print_verdict(metrics: dict[str, float], run_dir: Path, cfg: TrainConfig, console: Console) -> None:
+    """The end of a run: the model beside every baseline on the headline metrics (the last validation, the same
+    frames for all), where the run is, and what to run next."""
+    if "val/pos_mae/all" not in metrics:
+        return
+    split = f"{cfg.data.split} split, val_fraction {cfg.data.val_fraction}"
+    table = Table(title=f"validation ({split}): model beside every baseline on the same frames")
+    table.add_column("metric")
+    for name in ("model", *BASELINES):
+        table.add_column(name.replace("_", " "), justify="right")
+    for key, label, higher in HEADLINE:
+        values = [metrics.get(f"val/{key}")] + [metrics.get(f"baseline/{b}/{key}") for b in BASELINES]
+        known = [v for v in values if v is not None]
+        best = (max if higher else min)(known) if known else None
+        cells = ["-" if v is None else (f"[bold]{v:.4f}[/bold]" if v == best else f"{v:.4f}") for v in values]
+        table.add_row(label, *cells)
+    console.print(table)
+    console.print(f"run: {run_dir}")
+    console.print(f"next: melee-wm eval {run_dir / CHECKPOINT_DIR / 'best.ckpt'} --store {cfg.data.store}")
 
 
 def trainer_kwargs(cfg: TrainConfig) -> dict[str, Any]:

@@ -1,9 +1,11 @@
-"""How far a fixed CPU budget of training gets on the sample store: validation position MAE of the
-constant-velocity baseline divided by the model's (ratio > 1: the model beats constant velocity).
+"""How far a fixed CPU budget of training gets on the sample store, against the strongest baseline of each
+headline metric, scored on the same validation frames (the `smoke` experiment: tail split, tiny Mamba-2).
 
-It runs the `smoke` experiment (tiny Mamba-2, residual-over-constant-velocity targets) for a fixed wall-clock
-budget with unlimited epochs, through the same `train()` as `train.py`. A figure to track toward 1 and
-beyond, not a pass/fail condition of the code.
+Ratios are taken so that > 1 means the model is better: strongest baseline's error / the model's for position
+MAE (all frames, and frames without a position jump), the model's accuracy / the best baseline's for action
+and action-change accuracy. The false-change rate is reported beside them. The summary's ratio is position MAE
+over all frames against the strongest baseline (the table, on real replays); it passes above 1, the goal is
+1 / 0.85. It runs through the same `train()` as `train.py`, for a fixed wall-clock budget.
 """
 
 from __future__ import annotations
@@ -12,12 +14,14 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from melee_wm.eval.baselines import BASELINES
 from melee_wm.training import train
 from melee_wm.training.compose import compose_train_config
 
 from ._common import record, summary
 
 TARGET = 1.0
+GOAL = 1 / 0.85  # model error at most 0.85 x the table's
 
 
 def run(quick: bool) -> Iterator[dict]:
@@ -37,16 +41,16 @@ def run(quick: bool) -> Iterator[dict]:
             ]
         )
         metrics = train(cfg)
-    model = metrics["val/pos_mae/all"]
-    cv = metrics["baseline/constant_velocity/pos_mae/all"]
-    persistence = metrics["baseline/persistence/pos_mae/all"]
+    ratios = {}
+    for key, higher in (("pos_mae", False), ("pos_mae_smooth", False), ("action_acc", True), ("change_acc", True)):
+        model = metrics[f"val/{key}/all"]
+        baselines = {b: metrics[f"baseline/{b}/{key}/all"] for b in BASELINES}
+        best = max(baselines, key=baselines.get) if higher else min(baselines, key=baselines.get)
+        ratios[key] = model / baselines[best] if higher else baselines[best] / model
+        yield record(key, model=model, strongest=best, ratio=ratios[key], **baselines, budget=budget)
     yield record(
-        "val_pos_mae",
-        model=model,
-        constant_velocity=cv,
-        persistence=persistence,
-        change_acc=metrics["val/change_acc/all"],
-        action_acc=metrics["val/action_acc/all"],
-        budget=budget,
+        "false_change", model=metrics["val/false_change/all"], table=metrics["baseline/table/false_change/all"]
     )
-    yield summary(cv / model, TARGET, cv / model > TARGET, persistence_ratio=persistence / model)
+    yield summary(
+        ratios["pos_mae"], TARGET, ratios["pos_mae"] > TARGET, goal=GOAL, **{f"{k}_ratio": v for k, v in ratios.items()}
+    )

@@ -26,7 +26,9 @@ DEAD_ACTIONS = range(0, 11)
 @dataclass(frozen=True)
 class Stage:
     """One stage. left/right/top/bottom: blast zone; ledge: half-width of the main stage (its top at y = 0);
-    platforms: (x_left, x_right, y) of each soft platform; top_ground: highest y a character can stand on."""
+    platforms: (x_left, x_right, y) of each soft platform; top_ground: highest y a character can stand on;
+    flat_ground: the main stage's top is level at y = 0 everywhere (not Yoshi's Story's slopes, not Pokémon
+    Stadium's transformations), so a character standing on it stays at y = 0."""
 
     id: int
     name: str
@@ -37,6 +39,7 @@ class Stage:
     ledge: float
     platforms: tuple[tuple[float, float, float], ...]
     top_ground: float
+    flat_ground: bool
 
 
 _FOD_PLATFORMS = ((-49.5, -21.0, 16.125), (21.0, 49.5, 22.125), (-14.25, 14.25, 42.75))  # side ones move
@@ -49,12 +52,12 @@ _BF_PLATFORMS = ((-57.6, -20.0, 27.2), (20.0, 57.6, 27.2), (-18.8, 18.8, 54.4))
 STAGES: dict[int, Stage] = {
     s.id: s
     for s in (
-        Stage(2, "Fountain of Dreams", -198.75, 198.75, 202.5, -146.25, 63.35, _FOD_PLATFORMS, 42.75),
-        Stage(3, "Pokémon Stadium", -230.0, 230.0, 180.0, -111.0, 87.75, _PS_PLATFORMS, 25.0),
-        Stage(8, "Yoshi's Story", -175.7, 173.6, 168.0, -91.0, 56.0, _YS_PLATFORMS, 42.0),
-        Stage(28, "Dream Land N64", -255.0, 255.0, 250.0, -123.0, 77.27, _DL_PLATFORMS, 51.43),
-        Stage(31, "Battlefield", -224.0, 224.0, 200.0, -108.8, 68.4, _BF_PLATFORMS, 54.4),
-        Stage(32, "Final Destination", -246.0, 246.0, 188.0, -140.0, 85.5657, (), 0.0),
+        Stage(2, "Fountain of Dreams", -198.75, 198.75, 202.5, -146.25, 63.35, _FOD_PLATFORMS, 42.75, True),
+        Stage(3, "Pokémon Stadium", -230.0, 230.0, 180.0, -111.0, 87.75, _PS_PLATFORMS, 25.0, False),
+        Stage(8, "Yoshi's Story", -175.7, 173.6, 168.0, -91.0, 56.0, _YS_PLATFORMS, 42.0, False),
+        Stage(28, "Dream Land N64", -255.0, 255.0, 250.0, -123.0, 77.27, _DL_PLATFORMS, 51.43, True),
+        Stage(31, "Battlefield", -224.0, 224.0, 200.0, -108.8, 68.4, _BF_PLATFORMS, 54.4, True),
+        Stage(32, "Final Destination", -246.0, 246.0, 188.0, -140.0, 85.5657, (), 0.0, True),
     )
 }
 
@@ -66,6 +69,29 @@ def stage_table(vocab: int, device: torch.device | None = None) -> Tensor:
     for s in STAGES.values():
         if s.id < vocab:
             table[s.id] = torch.tensor([s.left, s.right, s.top, s.bottom, s.top_ground])
+    return table.to(device)
+
+
+def flat_ground_table(vocab: int, device: torch.device | None = None) -> Tensor:
+    """(vocab,) bool indexed by stage id: whether that stage's main ground is level at y = 0 (`Stage.flat_ground`)."""
+    table = torch.zeros(vocab, dtype=torch.bool)
+    for s in STAGES.values():
+        if s.id < vocab:
+            table[s.id] = s.flat_ground
+    return table.to(device)
+
+
+MAX_SURFACES = 4  # the main stage and up to three platforms
+
+
+def surface_table(vocab: int, device: torch.device | None = None) -> Tensor:
+    """(vocab, MAX_SURFACES, 3) float32 [x_left, x_right, y] of every surface a character can stand on, by stage
+    id: the main stage (-ledge..ledge at y = 0), then its platforms; NaN rows for absent ones and unknown stages."""
+    table = torch.full((vocab, MAX_SURFACES, 3), float("nan"))
+    for s in STAGES.values():
+        if s.id < vocab:
+            rows = [(-s.ledge, s.ledge, 0.0), *s.platforms]
+            table[s.id, : len(rows)] = torch.tensor(rows)
     return table.to(device)
 
 
