@@ -212,6 +212,7 @@ def test_every_baseline_on_the_real_replays(sample_store):
     assert persistence["false_change/all"] == 0.0 and persistence["change_acc/all"] == 0.0
 
 
+@pytest.mark.slow
 def test_model_and_baselines_are_scored_on_the_same_frames(sample_store, tmp_path):
     """Under limit_val_batches the baselines logged beside the model cover exactly the batches the model saw."""
     batches, batch_size = 2, 32
@@ -242,6 +243,7 @@ def test_model_and_baselines_are_scored_on_the_same_frames(sample_store, tmp_pat
     assert metrics["val/pos_mae/all"] > 0
 
 
+@pytest.mark.slow
 def test_melee_wm_baseline_reproduces_a_run_split(sample_store, capsys, monkeypatch):
     """`melee-wm baseline` with a run's split flags prints the numbers `score_baselines` gives on that split."""
     monkeypatch.setenv("COLUMNS", "200")

@@ -10,10 +10,7 @@ from pathlib import Path
 import pytest
 
 from melee_wm.cli import main
-from melee_wm.data.config import DataConfig
-from melee_wm.data.dataset import MeleeDataset
 from melee_wm.data.store import open_store
-from melee_wm.eval.baselines import score_baselines
 from melee_wm.samples import SAMPLES_ENV
 
 
@@ -67,15 +64,9 @@ def test_samples_prints_the_folder(replay_dir, monkeypatch, capsys):
     assert str(Path(replay_dir).resolve()) in capsys.readouterr().out
 
 
-def test_baseline_prints_the_library_scores(sample_store, capsys):
-    cfg = DataConfig(store=str(sample_store.path), val_fraction=0.5)
-    scores = score_baselines(MeleeDataset.from_store(sample_store, "val", cfg))
-    assert main(["baseline", str(sample_store.path), "--split", "val", "--val-fraction", "0.5"]) == 0
-    rows = [line for line in capsys.readouterr().out.splitlines() if "pos_mae" in line]
-    for name, row in zip(("persistence", "constant_velocity"), rows, strict=True):
-        assert name in row and f"{scores[name]['pos_mae/all']:.4f}" in row
-    assert scores["constant_velocity"]["pos_mae/all"] < scores["persistence"]["pos_mae/all"]
-    # With the default 10% validation share none of the six sample games is in val: a clear error, not a 0.
+def test_baseline_refuses_a_split_without_windows(sample_store, capsys):
+    """The printed numbers are checked in tests/test_baselines.py; here: with the default 10% game split none of
+    the six sample games is in val, which is a clear error, not a 0."""
     assert main(["baseline", str(sample_store.path), "--split", "val"]) == 1
     assert "no window" in capsys.readouterr().err
 

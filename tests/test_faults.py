@@ -94,6 +94,7 @@ def assert_like_clean(run_dir: Path, clean: Path) -> None:
 # Crashes: SIGKILL and resume --------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("name", "epoch"),
     [
@@ -115,6 +116,7 @@ def test_killed_mid_save_resumes_to_the_clean_runs_checkpoints(sample_store, cle
     assert_like_clean(tmp_path / "runs" / "crash", clean_run)
 
 
+@pytest.mark.slow
 def test_sigkill_mid_training_then_resume(sample_store, clean_run, tmp_path):
     """`python train.py` killed with SIGKILL while it trains epoch 1, then `resume=true`: one best.ckpt."""
     run_dir = tmp_path / "runs" / "crash"
@@ -145,6 +147,7 @@ def test_sigkill_mid_training_then_resume(sample_store, clean_run, tmp_path):
 # Damaged checkpoints ------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_truncated_last_checkpoint_resumes_from_the_newest_readable(sample_store, clean_run, tmp_path, capsys):
     overrides = run_overrides(sample_store, tmp_path / "runs", "damaged")
     train(compose_train_config([*overrides, "trainer.max_epochs=2"]))
@@ -158,6 +161,7 @@ def test_truncated_last_checkpoint_resumes_from_the_newest_readable(sample_store
     assert_like_clean(tmp_path / "runs" / "damaged", clean_run)
 
 
+@pytest.mark.slow
 def test_no_readable_checkpoint_stops_naming_each_file(sample_store, tmp_path):
     overrides = run_overrides(sample_store, tmp_path / "runs", "garbage", "trainer.max_epochs=1")
     train(compose_train_config(overrides))
@@ -171,6 +175,7 @@ def test_no_readable_checkpoint_stops_naming_each_file(sample_store, tmp_path):
     assert all(p.stat().st_size == 0 for p in checkpoints.glob("*.ckpt"))  # nothing removed
 
 
+@pytest.mark.slow
 def test_eval_of_a_file_that_is_not_a_checkpoint(clean_run, sample_store, capsys):
     for path in (clean_run / "config.yaml", clean_run / "data_fingerprint.json"):
         assert cli_main(["eval", str(path), "--store", str(sample_store.path)]) == 1
@@ -187,6 +192,7 @@ def run_train_py(cwd: Path, *args: str, env: dict[str, str] | None = None) -> su
     return subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=cwd, env=env or child_env())
 
 
+@pytest.mark.slow
 def test_train_py_user_errors_are_one_message(sample_store, clean_run, tmp_path):
     """A missing store, a run directory in use, a corrupt manifest: one message naming the path, exit 1, no
     traceback unless HYDRA_FULL_ERROR=1. (One process per case costs ~8 s of imports: three cases.)"""

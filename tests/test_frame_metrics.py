@@ -138,7 +138,8 @@ def test_masked_entries_leave_every_sum_and_count():
     assert out["velocity_mae"] == 0.0 and int(m.velocity.count) == 10  # only window 0's 2 x 5 entries
     width = true.floats["binary"].shape[-1]
     assert out["binary_acc"] == 1.0 and int(m.binary.count) == 2 * width - 2  # on_ground of both players out
-    assert out["pos_mae/all"] == 0.0 and int(m.position.count.sum()) == 4  # window 1's x/y rows out
+    # Window 1's p1.x is masked: p1's x and y of that window are out, p0's stay (2 + 2 + 2 coordinates counted).
+    assert out["pos_mae/all"] == 0.0 and m.position.count.tolist() == [4, 2]
     unmasked = FrameMetrics(LAYOUT)
     unmasked.update(pred, true, current)
     assert unmasked.compute()["velocity_mae"] > 0 and unmasked.compute()["change_acc/p0"] == 0.5

@@ -118,8 +118,9 @@ def hold_invariants(frame: NextFrame, current: Targets, layout: Layout) -> NextF
     frame.floats[group][..., percent] = frame.floats[group][..., percent].clamp_min(0.0)
     start = layout.float_slice("dynamics").start
     stocks = [layout.player_float_index(p, "stocks") - start for p in range(NUM_PLAYERS)]
-    now = current.current_floats["dynamics"][..., stocks]
-    frame.floats["dynamics"][..., stocks] = torch.minimum(frame.floats["dynamics"][..., stocks], now)
+    predicted = frame.floats["dynamics"][..., stocks]
+    now = current.current_floats["dynamics"][..., stocks].to(predicted.dtype)
+    frame.floats["dynamics"][..., stocks] = torch.minimum(predicted, now)
     return frame
 
 
