@@ -16,6 +16,7 @@ FLOORS: dict[str, int] = {
     "paths": 0,
     "schema": 0,
     "samples": 0,
+    "game": 0,
     "replay": 1,
     "encoding": 2,
     "data": 3,
