@@ -1,4 +1,4 @@
-"""The baselines every model number is shown beside (DESIGN.md, "Metrics"), predicted for a batch's scored
+"""The baselines every model number is shown beside (README.md, "Baselines"), predicted for a batch's scored
 positions and scored exactly like a model (`FrameMetrics`, same positions, same masks): persistence, constant
 velocity, robust constant velocity (persistence across a respawn jump) and the table fitted on the training
 split (`table_baseline.py`)."""
