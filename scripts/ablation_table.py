@@ -24,13 +24,22 @@ METRICS = (  # (key, column title)
 )
 
 
-def run_label(run: Path) -> str:
-    """The Hydra overrides of a multirun job, else the run folder's name."""
-    overrides = run / ".hydra" / "overrides.yaml"
-    if overrides.is_file():
-        lines = [line.strip().removeprefix("- ") for line in overrides.read_text().splitlines() if line.strip()]
-        return " ".join(line for line in lines if not line.startswith(("experiment=", "paths.", "run_name=")))
-    return run.name
+def overrides(run: Path) -> list[str]:
+    """The command-line overrides Hydra recorded for a run (empty when it wrote none)."""
+    path = run / ".hydra" / "overrides.yaml"
+    if not path.is_file():
+        return []
+    return [line.strip().removeprefix("- ") for line in path.read_text().splitlines() if line.strip()]
+
+
+def run_labels(runs: list[Path]) -> dict[Path, str]:
+    """Each run's overrides that not every run shares (what the row changes), else the run folder's name."""
+    shared = set.intersection(*(set(overrides(r)) for r in runs)) if len(runs) > 1 else set()
+    labels = {}
+    for run in runs:
+        own = [o for o in overrides(run) if o not in shared and not o.startswith(("run_name=", "paths."))]
+        labels[run] = " ".join(own) or ("defaults" if overrides(run) else run.name)
+    return labels
 
 
 def table(runs: list[Path]) -> str:
@@ -38,10 +47,9 @@ def table(runs: list[Path]) -> str:
     metrics = {run: json.loads((run / "final_metrics.json").read_text()) for run in runs}
     head = "| run | " + " | ".join(title for _, title in METRICS) + " |"
     rows = [head, "|" + "---|" * (len(METRICS) + 1)]
+    labels = run_labels(runs)
     for run, m in metrics.items():
-        rows.append(
-            f"| {run_label(run) or 'defaults'} | " + " | ".join(f"{m[f'val/{k}']:.4f}" for k, _ in METRICS) + " |"
-        )
+        rows.append(f"| {labels[run]} | " + " | ".join(f"{m[f'val/{k}']:.4f}" for k, _ in METRICS) + " |")
     first = metrics[runs[0]]
     for name in BASELINES:
         values = [first.get(f"baseline/{name}/{k}", float("nan")) for k, _ in METRICS]
