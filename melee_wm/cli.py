@@ -22,7 +22,7 @@ from melee_wm.data.store_writer import build_store
 from melee_wm.data.summary import print_summary
 from melee_wm.encoding.config import load_encoding_config
 from melee_wm.eval.baselines import BASELINES, score_baselines
-from melee_wm.eval.table_baseline import TableBaseline
+from melee_wm.frames.table import TableBaseline
 from melee_wm.samples import SampleReplaysError, fetch_samples, sample_dir
 
 

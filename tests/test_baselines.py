@@ -16,16 +16,20 @@ from melee_wm.data.split import tail_cut
 from melee_wm.encoding.config import EncodingConfig
 from melee_wm.encoding.layout import Layout
 from melee_wm.eval.baselines import BASELINES, score_baselines
-from melee_wm.eval.table_baseline import MIN_COUNT, TableBaseline, age_bucket
 from melee_wm.frames.frame import (
     constant_velocity,
+    current_ids,
     position_jumps,
     positions_with_previous,
     previous_frame,
     robust_constant_velocity,
     select_positions,
 )
+from melee_wm.frames.table import MIN_COUNT, TableBaseline, age_bucket
+from melee_wm.frames.targets import RESIDUAL_TABLE, TargetCodec, target_statistics
 from melee_wm.game.physics import MAX_SPEED, REBIRTH_ACTION
+from melee_wm.model.config import ModelConfig
+from melee_wm.model.world_model import WorldModel
 from melee_wm.training import train
 from melee_wm.training.compose import compose_train_config, train_config_from_dict
 
@@ -266,3 +270,29 @@ def test_melee_wm_baseline_reproduces_a_run_split(sample_store, capsys, monkeypa
     for name in BASELINES:
         row = next(line for line in out.splitlines() if line.split("│")[1:2] and line.split("│")[1].strip() == name)
         assert f"{scores[name]['pos_mae/all']:.4f}" in row and f"{scores[name]['action_acc/all']:.4f}" in row, row
+
+
+def test_an_untrained_model_over_the_table_predicts_the_table(sample_store):
+    """With `residual_over_table` the x/y outputs are a correction to the table: zero outputs give its positions."""
+    cfg = DataConfig(context_len=30, split="tail", val_fraction=0.2)
+    train_set = MeleeDataset.from_store(sample_store, "train", cfg)
+    table = TableBaseline.fit(train_set)
+    codec = TargetCodec(LAYOUT, target_statistics(train_set, RESIDUAL_TABLE), RESIDUAL_TABLE, table)
+    model = WorldModel(ModelConfig(d_model=32, n_layers=1, d_state=16, headdim=16), LAYOUT)
+    torch.nn.init.zeros_(model.heads.out.weight)
+    torch.nn.init.zeros_(model.heads.out.bias)
+    batch = MeleeDataset.from_store(sample_store, "val", cfg).get_batch(torch.arange(0, 512, 7))
+    with torch.no_grad():
+        pred, _ = model(batch.floats, batch.ints, batch.next_ctrl)
+    positions = positions_with_previous(batch)
+    targets, previous = select_positions(batch.targets, positions), previous_frame(batch, LAYOUT, positions)
+    character = current_ids(batch, LAYOUT, positions, "character")
+    k, p = batch.floats.shape[1], batch.num_positions
+    cut = pred.at(slice(k - p + positions.start, k - p + positions.stop))
+    decoded = codec.decode(cut, targets, codec.position_prior(targets, previous, character))
+    expected = table.predict(targets, previous, character)
+    xy = LAYOUT.position_offsets
+    group = LAYOUT.position_group
+    torch.testing.assert_close(decoded.floats[group][..., xy], expected.floats[group][..., xy], atol=1e-6, rtol=0)
+    robust = robust_constant_velocity(targets, previous, LAYOUT).floats[group][..., xy]
+    assert (robust - expected.floats[group][..., xy]).abs().max() > 1e-3  # the table moves off robust cv

@@ -1,7 +1,7 @@
 """The baselines every model number is shown beside (README.md, "Baselines"), predicted for a batch's scored
 positions and scored exactly like a model (`FrameMetrics`, same positions, same masks): persistence, constant
 velocity, robust constant velocity (persistence across a respawn jump) and the table fitted on the training
-split (`table_baseline.py`)."""
+split (`melee_wm/frames/table.py`)."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ from melee_wm.data.batch import Batch, ColumnMask
 from melee_wm.data.dataset import MeleeDataset
 from melee_wm.encoding.layout import Layout
 from melee_wm.eval.frame_metrics import FrameMetrics
-from melee_wm.eval.table_baseline import TableBaseline
 from melee_wm.frames.frame import (
     NextFrame,
     constant_velocity,
     current_frame,
+    current_ids,
     position_jumps,
     positions_with_previous,
     previous_frame,
@@ -23,6 +23,7 @@ from melee_wm.frames.frame import (
     select_positions,
     true_next_frame,
 )
+from melee_wm.frames.table import TableBaseline
 
 RULE_BASELINES = ("persistence", "constant_velocity", "robust_constant_velocity")
 BASELINES = (*RULE_BASELINES, "table")
@@ -40,9 +41,7 @@ class ScoredFrames:
         self.valid = ColumnMask.of_batch(batch, layout)
         into_current, into_next = position_jumps(self.targets, self.previous, layout)
         self.smooth = ~(into_current | into_next)
-        k, p = batch.floats.shape[1], batch.num_positions
-        rows = slice(k - p + positions.start, k - p + positions.stop)
-        self.character = batch.ints[:, rows, layout.int_slice("character")].long()
+        self.character = current_ids(batch, layout, positions, "character")
         self.layout, self.table = layout, table
 
     def baselines(self) -> dict[str, NextFrame]:

@@ -30,8 +30,8 @@ from melee_wm.encoding.config import EncodingConfig
 from melee_wm.encoding.layout import NUM_PLAYERS, Layout
 from melee_wm.eval.constraints import VIOLATIONS, physical_violations
 from melee_wm.eval.rollout import baseline_rollout, constant_velocity_rollout, persistence_rollout, rollout
-from melee_wm.eval.table_baseline import TableBaseline
 from melee_wm.frames.frame import NextFrame, PreviousFrame, robust_constant_velocity
+from melee_wm.frames.table import TableBaseline
 from melee_wm.frames.targets import TargetCodec
 from melee_wm.model.interface import WorldModelInterface
 

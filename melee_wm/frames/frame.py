@@ -139,6 +139,13 @@ def previous_frame(batch: Batch, layout: Layout, positions: slice) -> PreviousFr
     )
 
 
+def current_ids(batch: Batch, layout: Layout, positions: slice, field: str) -> Tensor:
+    """(B, P', 2) long ids of an int field (e.g. `character`, which has no target) in frame t of the target
+    positions `positions`, taken from the context."""
+    k, p = batch.floats.shape[1], batch.num_positions
+    return batch.ints[:, k - p + positions.start : k - p + positions.stop, layout.int_slice(field)].long()
+
+
 def previous_continuous(batch: Batch, layout: Layout, positions: slice) -> Tensor:
     """(B, P', width) `layout.position_group` values of frame t - 1 for the target positions `positions` (see
     `previous_frame`)."""

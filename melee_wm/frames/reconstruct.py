@@ -24,7 +24,7 @@ from torch import Tensor
 
 from melee_wm.data.batch import Targets
 from melee_wm.encoding.layout import NUM_PLAYERS, STAGE_FIELD, Layout
-from melee_wm.frames.frame import NextFrame, PreviousFrame, robust_displacement
+from melee_wm.frames.frame import NextFrame, PreviousFrame
 from melee_wm.frames.targets import TargetCodec
 from melee_wm.game.stages import flat_ground_table
 from melee_wm.model.heads import Prediction
@@ -102,14 +102,14 @@ def reconstruct_frame(
         floats={},
         categorical={},
         current_floats={g: floats_t[..., layout.float_slice(g)] for g in layout.target_float_groups},
-        current_categorical={},
+        current_categorical={"action": ints_t[..., layout.int_slice("action")].long()},
     )
-    prev_delta = None  # frame t - t-1 of the position group: the residual parameterization's input (else unused)
+    prior = None  # the move the x/y outputs are a residual over (`TargetCodec.position_prior`; else unused)
     if previous is not None:
         cols, actions = layout.float_slice(layout.position_group), layout.int_slice("action")
         before = PreviousFrame(previous[0][..., cols], previous[1][..., actions].long())
-        prev_delta = robust_displacement(floats_t[..., cols], before, ints_t[..., actions].long(), layout)
-    next_frame = codec.decode(pred, current, prev_delta)
+        prior = codec.position_prior(current, before, ints_t[..., layout.int_slice("character")].long())
+    next_frame = codec.decode(pred, current, prior)
     if true_ints is not None:
         next_frame.categorical = {f: true_ints[..., layout.int_slice(f)] for f in layout.categorical_targets}
     return frame_from_next(next_frame, layout, floats_t, ints_t, next_ctrl_t)

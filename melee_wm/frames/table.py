@@ -17,7 +17,7 @@ from torch import Tensor
 from melee_wm.data.batch import Targets
 from melee_wm.data.dataset import MeleeDataset
 from melee_wm.encoding.layout import NUM_PLAYERS, Layout
-from melee_wm.frames.frame import NextFrame, PreviousFrame, jumped_into, robust_constant_velocity
+from melee_wm.frames.frame import NextFrame, PreviousFrame, current_frame, jumped_into, robust_displacement
 from melee_wm.game.physics import position_jump
 
 MIN_COUNT = 3  # frames a key needs before its entry is trusted over the next coarser key
@@ -137,29 +137,50 @@ class TableBaseline:
             found |= hit
         return out
 
+    def _bucket(self, targets: Targets) -> Tensor:
+        """(..., 2) state-age bucket of each player's current frame."""
+        layout = self.layout
+        age_col = layout.float_fields("dynamics").index("state_age")
+        dynamics = targets.current_floats["dynamics"]
+        dynamics = dynamics.reshape(*dynamics.shape[:-1], NUM_PLAYERS, -1)  # (..., 2, fields)
+        return age_bucket(dynamics[..., age_col] / layout.cfg.state_age_scale)
+
+    @torch.no_grad()
+    def position_prior(self, targets: Targets, previous: PreviousFrame, character: Tensor) -> Tensor:
+        """(..., position group width) the table's move from frame t to t + 1: robust constant velocity's move
+        plus the fitted acceleration on x and y (0 on the other columns, and for a player whose position jumped
+        into frame t). targets: only the current_* fields are read; character: (..., 2) ids of frame t."""
+        layout = self.layout
+        group, action = layout.position_group, targets.current_categorical["action"]
+        current = targets.current_floats[group]
+        move = robust_displacement(current, previous, action, layout)
+        zero = torch.zeros(*action.shape, 2, device=action.device)
+        accel = self._lookup(
+            "position", _position_levels(character.long(), action, self._bucket(targets), layout), zero
+        )
+        accel = torch.where(jumped_into(current, previous, action, layout)[..., None], 0.0, accel)  # (..., 2, 2)
+        xy = torch.tensor(layout.position_offsets, device=action.device)
+        move[..., xy] = move[..., xy] + accel.flatten(-2).to(move.dtype)  # offsets are p0.x, p0.y, p1.x, p1.y
+        return move
+
     @torch.no_grad()
     def predict(self, targets: Targets, previous: PreviousFrame, character: Tensor) -> NextFrame:
         """Next frame of the scored positions. targets: cut to the scored positions (B, P', ...; only the
         current_* fields are read); previous: their frame t - 1; character: (B, P', 2) ids of the current frame."""
         layout = self.layout
-        frame = robust_constant_velocity(targets, previous, layout)
-        action = targets.current_categorical["action"]
-        jumped = jumped_into(targets.current_floats[layout.position_group], previous, action, layout)
-        age_col = layout.float_fields("dynamics").index("state_age")
-        dynamics = targets.current_floats["dynamics"].reshape(*action.shape, -1)  # (B, P', 2, fields)
-        bucket = age_bucket(dynamics[..., age_col] / layout.cfg.state_age_scale)
-        char = character.long()
-        zero = torch.zeros(*action.shape, 2, device=action.device)
-        accel = self._lookup("position", _position_levels(char, action, bucket, layout), zero)
-        accel = torch.where(jumped[..., None], 0.0, accel)  # (B, P', 2 players, 2 coords)
-        xy = torch.tensor(layout.position_offsets, device=action.device).reshape(NUM_PLAYERS, -1)
-        continuous = frame.floats[layout.position_group]
-        for player in range(NUM_PLAYERS):
-            continuous[..., xy[player]] = continuous[..., xy[player]] + accel[..., player, :]
+        frame = current_frame(targets)
+        group = layout.position_group
+        current = frame.floats[group]
+        xy = torch.tensor(layout.position_offsets, device=current.device)
+        position = current.clone()
+        position[..., xy] = current[..., xy] + self.position_prior(targets, previous, character)[..., xy]
+        frame.floats[group] = position
+        action, bucket, char = targets.current_categorical["action"], self._bucket(targets), character.long()
         for f in layout.categorical_targets:
-            current = targets.current_categorical[f]
-            levels = _id_levels(char, action, bucket, current, layout.int_vocab(f), layout)
-            frame.categorical[f] = self._lookup(f, levels, current)
+            now = targets.current_categorical[f]
+            frame.categorical[f] = self._lookup(
+                f, _id_levels(char, action, bucket, now, layout.int_vocab(f), layout), now
+            )
         return frame
 
 

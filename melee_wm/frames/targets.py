@@ -8,7 +8,9 @@ and travel in the checkpoint.
 
 With `residual_over_constant_velocity` the x and y targets are the change of the per-frame position change
 (next delta - previous delta), as learned physics simulators predict acceleration: an output of 0 continues
-at constant velocity. It needs the frame before the current one, so positions without one have no target.
+at (robust) constant velocity. With `residual_over_table` they are what the table fitted on the training split
+(`melee_wm/frames/table.py`) gets wrong: an output of 0 predicts the table's position. Both need the frame
+before the current one, so positions without one have no target.
 """
 
 from __future__ import annotations
@@ -22,11 +24,14 @@ from torch import Tensor, nn
 from melee_wm.data.batch import Batch, Targets
 from melee_wm.data.dataset import MeleeDataset
 from melee_wm.encoding.layout import NUM_PLAYERS, Layout, Target
-from melee_wm.frames.frame import NextFrame, positions_with_previous
+from melee_wm.frames.frame import NextFrame, PreviousFrame, positions_with_previous, robust_displacement
+from melee_wm.frames.table import TableBaseline
 from melee_wm.game.physics import position_jump
 from melee_wm.model.heads import Prediction
 
 RESIDUAL = "residual_over_constant_velocity"
+RESIDUAL_TABLE = "residual_over_table"
+RESIDUALS = (RESIDUAL, RESIDUAL_TABLE)  # the parameterizations whose x/y targets are accelerations
 MIN_SCALE = 1e-6  # a column that never changes keeps scale 1 instead of dividing by ~0
 
 
@@ -87,7 +92,7 @@ def target_statistics(dataset: MeleeDataset, parameterization: str) -> TargetSta
             if g == layout.position_group:
                 jump = _jumps(rows, ints, layout)  # (L - 1, 2 players): jump into frame t + 1
                 weight[:, xy] = ~np.repeat(jump, 2, axis=1)  # xy holds p0.x, p0.y, p1.x, p1.y
-                if parameterization == RESIDUAL:
+                if parameterization in RESIDUALS:
                     values, weight = values[1:].copy(), weight[1:] * weight[:-1]
                     values[:, xy] = np.diff(np.diff(rows[:, cols][:, xy], axis=0), axis=0)
             valid = valid_floats[game, cols].astype(np.float64)
@@ -125,9 +130,9 @@ def hold_invariants(frame: NextFrame, current: Targets, layout: Layout) -> NextF
 
 
 def loss_positions(batch: Batch, parameterization: str) -> slice:
-    """Target positions (of the P) that get a loss: all of them, or under the residual parameterization only
+    """Target positions (of the P) that get a loss: all of them, or under a residual parameterization only
     those whose frame t - 1 is in the context."""
-    return positions_with_previous(batch) if parameterization == RESIDUAL else slice(0, batch.num_positions)
+    return positions_with_previous(batch) if parameterization in RESIDUALS else slice(0, batch.num_positions)
 
 
 class TargetCodec(nn.Module):
@@ -137,9 +142,12 @@ class TargetCodec(nn.Module):
     carries them.
     """
 
-    def __init__(self, layout: Layout, stats: TargetStats, parameterization: str) -> None:
+    def __init__(
+        self, layout: Layout, stats: TargetStats, parameterization: str, table: TableBaseline | None = None
+    ) -> None:
         super().__init__()
         self.layout = layout
+        self.table = table  # the prior of `residual_over_table` (it travels in the checkpoint beside the codec)
         self.groups = layout.regression_groups
         self.parameterization = parameterization
         for g in self.groups:
@@ -160,7 +168,22 @@ class TargetCodec(nn.Module):
         return loss_positions(batch, self.parameterization)
 
     def _residual(self) -> bool:
-        return self.parameterization == RESIDUAL
+        return self.parameterization in RESIDUALS
+
+    def position_prior(self, current: Targets, previous: PreviousFrame, character: Tensor) -> Tensor | None:
+        """(..., position group width) the move from frame t to t + 1 the x/y targets are a residual over:
+        robust constant velocity's, or the fitted table's under `residual_over_table`; None under `delta`.
+        current: only its current_* fields are read; previous: frame t - 1; character: (..., 2) ids of frame t."""
+        if self.parameterization == RESIDUAL:
+            action = current.current_categorical["action"]
+            return robust_displacement(
+                current.current_floats[self.layout.position_group], previous, action, self.layout
+            )
+        if self.parameterization == RESIDUAL_TABLE:
+            if self.table is None:
+                raise ValueError("objective.position_parameterization residual_over_table: no table was fitted")
+            return self.table.to(character.device).position_prior(current, previous, character)
+        return None
 
     def encode(self, targets: Targets, prev_delta: Tensor | None) -> dict[str, Tensor]:
         """Standardized regression targets, group -> (B, P', width), of targets already cut to the loss

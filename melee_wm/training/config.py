@@ -18,7 +18,7 @@ from melee_wm.model.config import ModelConfig
 from melee_wm.schema import require
 
 REGRESSION_LOSSES = ("mse", "l1", "huber", "symlog_mse")
-POSITION_PARAMETERIZATIONS = ("delta", "residual_over_constant_velocity")
+POSITION_PARAMETERIZATIONS = ("delta", "residual_over_constant_velocity", "residual_over_table")
 PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
 LOGGERS = ("csv", "wandb")
 WANDB_MODES = ("auto", "online", "offline", "disabled")

@@ -25,9 +25,9 @@ import torch
 
 from melee_wm.data.batch import Batch, ColumnMask, Targets
 from melee_wm.encoding.layout import Layout, Target
-from melee_wm.frames.frame import PreviousFrame, robust_displacement, select_positions, true_next_frame
+from melee_wm.frames.frame import PreviousFrame, select_positions, true_next_frame
 from melee_wm.frames.reconstruct import reconstruct_frame
-from melee_wm.frames.targets import RESIDUAL, TargetCodec
+from melee_wm.frames.targets import RESIDUALS, TargetCodec
 from melee_wm.model.heads import Prediction
 from melee_wm.model.interface import WorldModelInterface
 from melee_wm.training.config import ContextNoiseConfig, DriftConfig, SelfForcingConfig
@@ -107,10 +107,10 @@ def self_forcing_loss(
         current_categorical={f: fed_i[..., layout.int_slice(f)].long() for f in layout.categorical_targets},
     )
     prev_delta = None
-    if codec.parameterization == RESIDUAL:
+    if codec.parameterization in RESIDUALS:
         cols, actions = layout.float_slice(layout.position_group), layout.int_slice("action")
         before = PreviousFrame(torch.stack(before_f, 1)[..., cols], torch.stack(before_i, 1)[..., actions].long())
-        prev_delta = robust_displacement(fed_f[..., cols], before, fed_i[..., actions].long(), layout)
+        prev_delta = codec.position_prior(targets, before, fed_i[..., layout.int_slice("character")].long())
     return loss_fn(
         stack_predictions(preds), codec.encode(targets, prev_delta), targets, ColumnMask.of_batch(batch, layout)
     )

@@ -19,9 +19,9 @@ from melee_wm.data.batch import Batch, ColumnMask, Targets
 from melee_wm.encoding.layout import Layout
 from melee_wm.eval.baselines import BASELINES, ScoredFrames
 from melee_wm.eval.frame_metrics import FrameMetrics
-from melee_wm.eval.table_baseline import TableBaseline
-from melee_wm.frames.frame import positions_with_previous, previous_frame, robust_displacement, select_positions
-from melee_wm.frames.targets import RESIDUAL, TargetCodec, TargetStats
+from melee_wm.frames.frame import current_ids, positions_with_previous, previous_frame, select_positions
+from melee_wm.frames.table import TableBaseline
+from melee_wm.frames.targets import RESIDUALS, TargetCodec, TargetStats
 from melee_wm.model.build import build_model
 from melee_wm.training.compose import train_config_from_dict
 from melee_wm.training.config import TrainConfig
@@ -56,7 +56,7 @@ class WorldModelModule(L.LightningModule):
         if cfg.objective.zero_init_output:
             zero_output_layer(self.net)
         self.codec = TargetCodec(
-            self.layout, TargetStats.from_dict(target_stats), cfg.objective.position_parameterization
+            self.layout, TargetStats.from_dict(target_stats), cfg.objective.position_parameterization, table
         )
         self.loss_fn = WorldModelLoss(self.layout, cfg.objective)
         self.train_metrics = FrameMetrics(self.layout)
@@ -70,13 +70,11 @@ class WorldModelModule(L.LightningModule):
     # The step ------------------------------------------------------------------------------------------------
 
     def _prev_delta(self, batch: Batch, positions: slice, targets: Targets) -> Tensor | None:
-        """Frame t minus frame t - 1 of the position group at `positions`, zero across a position jump (the
-        residual parameterization's prior), or None under the delta parameterization."""
-        if self.codec.parameterization != RESIDUAL:
+        """The move the x/y targets at `positions` are a residual over (`TargetCodec.position_prior`)."""
+        if self.codec.parameterization not in RESIDUALS:
             return None
-        current = targets.current_floats[self.layout.position_group]
         previous = previous_frame(batch, self.layout, positions)
-        return robust_displacement(current, previous, targets.current_categorical["action"], self.layout)
+        return self.codec.position_prior(targets, previous, current_ids(batch, self.layout, positions, "character"))
 
     def forward_loss(
         self, batch: Batch, metrics: FrameMetrics | None = None, baselines: dict[str, FrameMetrics] | None = None
@@ -177,7 +175,7 @@ class WorldModelModule(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if TABLE_KEY in checkpoint:
-            self.table = TableBaseline(self.layout, checkpoint[TABLE_KEY])
+            self.table = self.codec.table = TableBaseline(self.layout, checkpoint[TABLE_KEY])
         states = checkpoint.get("rng_states")
         if states is None:
             return

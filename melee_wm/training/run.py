@@ -25,7 +25,7 @@ from melee_wm.data.store import Store, open_store
 from melee_wm.data.store_writer import build_store
 from melee_wm.encoding.config import config_diff, format_config_diff
 from melee_wm.eval.baselines import BASELINES
-from melee_wm.eval.table_baseline import TableBaseline
+from melee_wm.frames.table import TableBaseline
 from melee_wm.frames.targets import target_statistics
 from melee_wm.samples import sample_dir
 from melee_wm.training.callbacks import HISTORY_FILE, build_callbacks
