@@ -10,6 +10,7 @@ the same baseline numbers on the same frames: the table says so when they differ
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -55,7 +56,7 @@ def table(runs: list[Path]) -> str:
         values = [first.get(f"baseline/{name}/{k}", float("nan")) for k, _ in METRICS]
         rows.append(f"| baseline: {name} | " + " | ".join(f"{v:.4f}" for v in values) + " |")
     differ = any(
-        m.get(f"baseline/{b}/{k}") != first.get(f"baseline/{b}/{k}")
+        abs(m.get(f"baseline/{b}/{k}", math.nan) - first.get(f"baseline/{b}/{k}", math.nan)) > 1e-6
         for m in metrics.values()
         for b in BASELINES
         for k, _ in METRICS
