@@ -58,7 +58,7 @@ def test_debug_group_fits_any_experiment_on_the_cpu():
 def test_experiment_values_override_the_primary_config(smoke_config):
     """`_self_` comes first in conf/train.yaml: an experiment's values win over the root's."""
     smoke = smoke_config
-    assert smoke.name == "smoke" and smoke.model.d_model == 32 and smoke.data.val_fraction == 0.2  # not the group's 0.5
+    assert smoke.name == "smoke" and smoke.model.d_model == 64 and smoke.data.val_fraction == 0.2  # not the group's 0.5
     assert smoke.data.split == "tail"
 
 

@@ -60,18 +60,27 @@ def most_frequent_transition_rate(store, cfg) -> float:
 
 @pytest.mark.slow
 def test_smoke_run_learns(smoke_run, sample_store, smoke_config):
+    """The main job against the baselines scored on the same validation frames (tail split of the samples).
+    Margins are a third of what the campaign measured, so a CPU's rounding cannot flip them."""
     metrics, _ = smoke_run
-    model, persistence = metrics["val/pos_mae/all"], metrics["baseline/persistence/pos_mae/all"]
-    constant_velocity = metrics["baseline/constant_velocity/pos_mae/all"]
+
+    def val(key: str, name: str = "") -> float:
+        return metrics[f"baseline/{name}/{key}" if name else f"val/{key}"]
+
     chance = most_frequent_transition_rate(sample_store, smoke_config)
-    summary = (
-        f"val pos_mae model {model:.4f} persistence {persistence:.4f} constant velocity {constant_velocity:.4f}; "
-        f"change_acc {metrics['val/change_acc/all']:.4f} vs most frequent transition {chance:.4f}"
-    )
-    print(summary)
-    assert model < persistence, summary
-    assert metrics["val/change_acc/all"] > chance, summary
-    assert metrics["baseline/persistence/change_acc/all"] == 0.0
+    summary = {
+        key: {
+            name or "model": round(val(key, name), 4)
+            for name in ("", "persistence", "robust_constant_velocity", "table")
+        }
+        for key in ("pos_mae/all", "pos_mae_smooth/all", "action_acc/all", "change_acc/all", "false_change/all")
+    }
+    print(summary, f"most frequent transition {chance:.4f}")
+    for key in ("pos_mae/all", "pos_mae_smooth/all"):  # measured 0.87x and 0.83x robust constant velocity's
+        assert val(key) < 0.96 * val(key, "robust_constant_velocity"), summary
+        assert val(key) < 0.5 * val(key, "persistence"), summary
+    assert val("change_acc/all") > 1.5 * val("change_acc/all", "table") > chance, summary  # measured 2.3x
+    assert val("change_acc/all", "persistence") == 0.0 == val("false_change/all", "persistence")
 
 
 @pytest.mark.slow
