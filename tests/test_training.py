@@ -61,7 +61,8 @@ def most_frequent_transition_rate(store, cfg) -> float:
 @pytest.mark.slow
 def test_smoke_run_learns(smoke_run, sample_store, smoke_config):
     """The main job against the baselines scored on the same validation frames (tail split of the samples).
-    Margins are a third of what the campaign measured, so a CPU's rounding cannot flip them."""
+    Position and change-accuracy margins are a third of what the campaign measured, so a CPU's rounding cannot
+    flip them; action accuracy beats persistence by 0.006 there."""
     metrics, _ = smoke_run
 
     def val(key: str, name: str = "") -> float:
@@ -76,10 +77,11 @@ def test_smoke_run_learns(smoke_run, sample_store, smoke_config):
         for key in ("pos_mae/all", "pos_mae_smooth/all", "action_acc/all", "change_acc/all", "false_change/all")
     }
     print(summary, f"most frequent transition {chance:.4f}")
-    for key in ("pos_mae/all", "pos_mae_smooth/all"):  # measured 0.87x and 0.83x robust constant velocity's
+    for key in ("pos_mae/all", "pos_mae_smooth/all"):  # measured 0.88x and 0.84x robust constant velocity's
         assert val(key) < 0.96 * val(key, "robust_constant_velocity"), summary
         assert val(key) < 0.5 * val(key, "persistence"), summary
-    assert val("change_acc/all") > 1.5 * val("change_acc/all", "table") > chance, summary  # measured 2.3x
+    assert val("action_acc/all") > val("action_acc/all", "persistence"), summary  # measured 0.920 vs 0.914
+    assert val("change_acc/all") > 1.2 * val("change_acc/all", "table") > chance, summary  # measured 1.42x
     assert val("change_acc/all", "persistence") == 0.0 == val("false_change/all", "persistence")
 
 
