@@ -116,10 +116,12 @@ def _cmd_eval(args: argparse.Namespace, console: Console) -> None:
     )
     summaries = report.to_json()["summaries"]
     table = Table(title=f"rollouts: {report.starts} starts, {report.games} games ({report.meta['split']} split)")
-    for name in ("summary", "model", "persistence", "constant velocity"):
-        table.add_column(name, justify="left" if name == "summary" else "right")
+    predictors = [name for name in next(iter(summaries.values())) if not name.startswith("ratio")]
+    table.add_column("summary")
+    for name in predictors:
+        table.add_column(name.replace("_", " "), justify="right")
     for key, entry in summaries.items():
-        table.add_row(key, *(f"{entry[k]:.4f}" for k in ("model", "persistence", "constant_velocity")))
+        table.add_row(key, *(f"{entry[k]:.4f}" for k in predictors))
     console.print(table)
     if report.meta["same_games_as_training_store"] is False and not args.all_games:
         console.print(

@@ -110,13 +110,17 @@ def test_decoding_holds_the_invariants_of_an_untrained_model(sample_store):
     assert (frame.floats["dynamics"][..., stocks] <= targets.current_floats["dynamics"][..., stocks]).all()
 
 
-def test_a_standing_character_keeps_its_height_on_a_level_stage():
-    floats_t = torch.zeros(2, LAYOUT.num_floats)
-    ints_t = torch.zeros(2, LAYOUT.num_ints, dtype=torch.int16)
-    ints_t[:, LAYOUT.int_index("stage")] = torch.tensor([32, 8])  # Final Destination, Yoshi's Story (slopes)
-    floats_t[:, LAYOUT.float_index("p0.on_ground")] = 1.0
+def test_a_grounded_character_stands_on_a_level_main_stage():
+    floats_t = torch.zeros(4, LAYOUT.num_floats)
+    ints_t = torch.zeros(4, LAYOUT.num_ints, dtype=torch.int16)
+    # Final Destination (level, ledge 85.6) three times, then Yoshi's Story (slopes).
+    ints_t[:, LAYOUT.int_index("stage")] = torch.tensor([32, 32, 32, 8])
     nxt = floats_t.clone()
-    nxt[:, LAYOUT.float_index("p0.y")] = -0.5 * SCALE  # a model's small error would sink it
+    nxt[:, LAYOUT.float_index("p0.on_ground")] = 1.0
+    nxt[:, LAYOUT.float_index("p0.x")] = torch.tensor([10.0, 100.0, 10.0, 10.0]) * SCALE
+    nxt[:, LAYOUT.float_index("p0.y")] = torch.tensor([-1.5, -1.5, -20.0, -1.5]) * SCALE  # a model's errors
     keep_standing(LAYOUT, floats_t, ints_t, nxt)
-    assert nxt[0, LAYOUT.float_index("p0.y")].item() == 0.0  # held on the level stage
-    assert nxt[1, LAYOUT.float_index("p0.y")].item() == pytest.approx(-0.5 * SCALE)  # a sloped stage: left alone
+    y = (nxt[:, LAYOUT.float_index("p0.y")] / SCALE).tolist()
+    assert y[0] == 0.0  # on the stage: stands on its top
+    assert y[1:] == pytest.approx([-1.5, -20.0, -1.5])  # past the ledge, far below it, or on a sloped stage
+    assert nxt[:, LAYOUT.float_index("p1.y")].eq(0).all()  # player 1 is airborne: untouched (it was 0)

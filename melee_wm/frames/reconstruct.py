@@ -14,7 +14,7 @@ model exactly the same frames. Every column comes from the layout by name:
 - per-game columns the model does not predict (character, stage): carried from the current frame;
 - the controller of the next frame: from the ground truth (`next_ctrl_t`);
 - invariants the game guarantees: percent >= 0 and no stock gained (`TargetCodec.decode`), and a character
-  standing on a level main stage stays at its height (`keep_standing`).
+  predicted on the ground over a level main stage stands on its top (`keep_standing`).
 """
 
 from __future__ import annotations
@@ -26,10 +26,10 @@ from melee_wm.data.batch import Targets
 from melee_wm.encoding.layout import NUM_PLAYERS, STAGE_FIELD, Layout
 from melee_wm.frames.frame import NextFrame, PreviousFrame
 from melee_wm.frames.targets import TargetCodec
-from melee_wm.game.stages import flat_ground_table
+from melee_wm.game.stages import flat_ground_table, surface_table
 from melee_wm.model.heads import Prediction
 
-STANDING_HEIGHT = 0.01  # game units from y = 0 within which a grounded character stands on the main stage
+GROUND_SNAP = 5.0  # game units from a level main stage's top within which a grounded character stands on it
 RESET_STATE_AGE = 0.0  # frames: state age of the first frame of a new action (the most common value, see above)
 
 
@@ -64,16 +64,22 @@ def frame_from_next(next_frame: NextFrame, layout: Layout, floats_t: Tensor, int
 
 
 def keep_standing(layout: Layout, floats_t: Tensor, ints_t: Tensor, floats: Tensor) -> None:
-    """A character standing on a level main stage (`Stage.flat_ground`, y = 0) and predicted to stay on the
-    ground keeps its height: a model's small vertical error must not sink it through the stage. floats: the
-    next frame's columns (..., num_floats), changed in place."""
-    y = [layout.player_float_index(p, "y") for p in range(NUM_PLAYERS)]
-    ground = [layout.player_float_index(p, "on_ground") for p in range(NUM_PLAYERS)]
+    """A character predicted on the ground over a level main stage (`Stage.flat_ground`: its top is y = 0 from
+    ledge to ledge) and within `GROUND_SNAP` of that top stands on it: its y becomes 0, as the game's collision
+    would put it, so a model's small vertical errors cannot sink it through the stage over a rollout.
+    floats_t, ints_t: the current frame (its stage); floats: the next frame's columns (..., num_floats), changed
+    in place."""
+    scale = layout.cfg.position_scale
+    x = floats[..., [layout.player_float_index(p, "x") for p in range(NUM_PLAYERS)]] / scale
+    y_cols = [layout.player_float_index(p, "y") for p in range(NUM_PLAYERS)]
+    ground = floats[..., [layout.player_float_index(p, "on_ground") for p in range(NUM_PLAYERS)]] >= 0.5
     stage = ints_t[..., layout.int_slice(STAGE_FIELD)].long()  # (..., 1)
-    flat = flat_ground_table(layout.int_vocab(STAGE_FIELD), floats.device)[stage]
-    standing = (floats_t[..., ground] >= 0.5) & (floats[..., ground] >= 0.5) & flat
-    standing &= floats_t[..., y].abs() < STANDING_HEIGHT * layout.cfg.position_scale
-    floats[..., y] = torch.where(standing, floats_t[..., y], floats[..., y])
+    vocab = layout.int_vocab(STAGE_FIELD)
+    flat = flat_ground_table(vocab, floats.device)[stage]  # (..., 1)
+    main = surface_table(vocab, floats.device)[stage[..., 0], 0]  # (..., 3): x_left, x_right, y of the main stage
+    over = (x >= main[..., :1]) & (x <= main[..., 1:2])
+    standing = ground & flat & over & ((floats[..., y_cols] / scale).abs() < GROUND_SNAP)
+    floats[..., y_cols] = torch.where(standing, torch.zeros_like(floats[..., y_cols]), floats[..., y_cols])
 
 
 def reconstruct_frame(
