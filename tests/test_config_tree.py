@@ -98,6 +98,8 @@ def test_unknown_key_in_a_yaml_file_is_an_error(tmp_path):
 def test_unknown_key_in_an_experiment_file_is_an_error(tmp_path):
     conf = _conf_copy(tmp_path)
     path = conf / "experiment" / "smoke.yaml"
-    path.write_text(path.read_text().replace("  lr: 3.0e-3", "  learning_rate: 3.0e-3"))
+    text = path.read_text()
+    assert "  lr: 1.0e-3" in text
+    path.write_text(text.replace("  lr: 1.0e-3", "  learning_rate: 1.0e-3"))
     with pytest.raises(ConfigError, match="learning_rate"):
         train_config_from_dict(compose_train_config(["experiment=smoke"], conf=conf))

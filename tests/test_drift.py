@@ -7,6 +7,7 @@ import torch
 
 from melee_wm.data.dataset import MeleeDataset
 from melee_wm.frames.frame import true_next_frame
+from melee_wm.frames.table import TableBaseline
 from melee_wm.frames.targets import target_statistics
 from melee_wm.training.compose import ConfigError, compose_train_config, to_container, train_config_from_dict
 from melee_wm.training.config import ContextNoiseConfig, DriftConfig, SelfForcingConfig
@@ -30,7 +31,7 @@ def module_and_batch(sample_store):
     train_set = MeleeDataset.from_store(sample_store, "train", cfg.data)
     stats = target_statistics(train_set, cfg.objective.position_parameterization)
     torch.manual_seed(0)
-    module = WorldModelModule(to_container(cfg), stats.to_dict())
+    module = WorldModelModule(to_container(cfg), stats.to_dict(), TableBaseline.fit(train_set))
     batch = train_set.get_batch(torch.linspace(0, len(train_set) - 1, 16).long())
     return module, batch
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from melee_wm.data.config import DataConfig
 from melee_wm.data.dataset import MeleeDataset
+from melee_wm.frames.table import TableBaseline
 from melee_wm.frames.targets import target_statistics
 from melee_wm.training.compose import compose_train_config, to_container, train_config_from_dict
 from melee_wm.training.module import WorldModelModule
@@ -25,9 +26,8 @@ def test_missing_fields_are_masked_out_of_the_loss(sample_store):
     assert not batch.valid_floats[0, windows.layout.float_slice("velocity")].any()
     assert batch.valid_floats[1].all()
     cfg = train_config_from_dict(compose_train_config(["experiment=smoke", "data.context_len=10"]))
-    module = WorldModelModule(
-        to_container(cfg), target_statistics(windows, cfg.objective.position_parameterization).to_dict()
-    )
+    stats = target_statistics(windows, cfg.objective.position_parameterization)
+    module = WorldModelModule(to_container(cfg), stats.to_dict(), TableBaseline.fit(windows))
     module.net.heads.out.weight.data.normal_(0, 0.1)
     captured = {}
     original = module.net.heads.forward

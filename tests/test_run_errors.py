@@ -41,8 +41,8 @@ def test_existing_run_dir_is_refused_without_resume(sample_store, tmp_path):
 def test_nonfinite_loss_stops_with_the_step_and_terms(sample_store, tmp_path, monkeypatch):
     original = WorldModelModule.forward_loss
 
-    def poisoned(self, batch, metrics=None):
-        out = original(self, batch, metrics)
+    def poisoned(self, batch, *scoring):
+        out = original(self, batch, *scoring)
         if self.global_step == 2:
             out.terms["velocity"] = out.terms["velocity"] * float("nan")
             out.total = out.total + out.terms["velocity"]
