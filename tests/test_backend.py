@@ -35,6 +35,7 @@ def test_fused_preconditions_are_config_errors():
     assert ModelConfig(d_conv=5, backend="torch").d_conv == 5
 
 
+@pytest.mark.slow
 @no_cuda
 def test_a_checkpoint_trained_with_the_fused_backend_loads_and_runs_on_cpu(sample_store, tmp_path):
     overrides = [

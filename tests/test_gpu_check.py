@@ -80,6 +80,7 @@ def _stand_in_env(dest: Path) -> Path:
     return dest / "bin" / "python"
 
 
+@pytest.mark.slow
 @pytest.mark.network
 def test_the_bundle_runs_offline_on_a_bare_machine_up_to_cuda(tmp_path, replay_dir):
     start = time.perf_counter()
