@@ -21,6 +21,7 @@ from melee_wm.data.datamodule import MeleeDataModule
 from melee_wm.data.dataset import MeleeDataset
 from melee_wm.data.store_writer import build_store
 from melee_wm.encoding.config import EncodingConfig
+from melee_wm.frames.table import TableBaseline
 from melee_wm.frames.targets import target_statistics
 from melee_wm.samples import sample_dir
 from melee_wm.training.callbacks import StopOnNonFiniteLoss
@@ -97,8 +98,9 @@ def run(quick: bool) -> Iterator[dict]:
                 ["experiment=smoke", "model=mamba2_base", f"data.store={store.path}", f"data.batch_size={batch}"]
             )
         )
-        stats = target_statistics(MeleeDataset.from_store(store, "train", cfg.data), "residual_over_constant_velocity")
-        module = WorldModelModule(to_container(cfg), stats.to_dict())
+        train_set = MeleeDataset.from_store(store, "train", cfg.data)
+        stats = target_statistics(train_set, cfg.objective.position_parameterization)
+        module = WorldModelModule(to_container(cfg), stats.to_dict(), TableBaseline.fit(train_set))
         datamodule = MeleeDataModule(cfg.data, cfg.encoding)
         datamodule.setup("fit")
         timed = (steps - WARMUP) * batch
