@@ -23,7 +23,7 @@ from melee_wm.frames.frame import (
     current_frame,
     persistence,
     positions_with_previous,
-    previous_continuous,
+    previous_frame,
     select_positions,
     true_next_frame,
 )
@@ -166,7 +166,7 @@ def test_constant_velocity_on_a_hand_made_sequence():
         positions = positions_with_previous(batch)
         assert positions == expected_positions
         targets = select_positions(batch.targets, positions)
-        cv = constant_velocity(targets, previous_continuous(batch, LAYOUT, positions), LAYOUT)
+        cv = constant_velocity(targets, previous_frame(batch, LAYOUT, positions).continuous, LAYOUT)
         assert cv.floats["continuous"][0, :, x].tolist() == x_pred  # x[t] + (x[t] - x[t-1])
         assert cv.floats["continuous"][0, :, y].tolist() == y_pred
         current = current_frame(targets)
@@ -174,7 +174,7 @@ def test_constant_velocity_on_a_hand_made_sequence():
         assert true_next_frame(targets, LAYOUT).floats["continuous"][0, :, x].tolist() == [3.0, 6, 10][-len(x_pred) :]
         assert torch.equal(persistence(targets).floats["continuous"], targets.current_floats["continuous"])
     with pytest.raises(ValueError, match="t >= 1"):  # position 0 of P == K has no frame before it
-        previous_continuous(build_batch(window(k), ints, LAYOUT, k), LAYOUT, slice(0, k))
+        previous_frame(build_batch(window(k), ints, LAYOUT, k), LAYOUT, slice(0, k))
 
 
 def test_category_table():

@@ -146,19 +146,13 @@ def current_ids(batch: Batch, layout: Layout, positions: slice, field: str) -> T
     return batch.ints[:, k - p + positions.start : k - p + positions.stop, layout.int_slice(field)].long()
 
 
-def previous_continuous(batch: Batch, layout: Layout, positions: slice) -> Tensor:
-    """(B, P', width) `layout.position_group` values of frame t - 1 for the target positions `positions` (see
-    `previous_frame`)."""
-    return batch.floats[:, _previous_rows(batch, positions), layout.float_slice(layout.position_group)]
-
-
 def _previous_rows(batch: Batch, positions: slice) -> slice:
     """Context rows t - 1 of the target positions `positions` (consecutive, each with t >= 1)."""
     k, p = batch.floats.shape[1], batch.num_positions
     picked = range(p)[positions]
     if picked.step != 1 or (len(picked) and k - p + picked.start < 1):
         raise ValueError(
-            f"previous_continuous: positions {positions} must be consecutive and have t >= 1 (K={k}, P={p})"
+            f"previous_frame: positions {positions} must be consecutive and have t >= 1 (K={k}, P={p})"
         )
     return slice(k - p + picked.start - 1, k - p + picked.stop - 1)
 
