@@ -1,5 +1,6 @@
 """`melee-wm`: fetch the sample replays, encode replays into a store, merge and inspect stores, score the
-baselines, evaluate a checkpoint's rollouts. Training is `python train.py` (Hydra)."""
+baselines, evaluate a checkpoint's rollouts, play a checkpoint as a simulator. Training is `python train.py`
+(Hydra)."""
 
 from __future__ import annotations
 
@@ -132,6 +133,36 @@ def _cmd_eval(args: argparse.Namespace, console: Console) -> None:
     console.print(f"written to {folder}", soft_wrap=True)
 
 
+def _cmd_play(args: argparse.Namespace, console: Console) -> None:
+    from melee_wm.sim import Simulator  # torch and Lightning load only for this command
+    from melee_wm.sim.play import play, write_play
+
+    if args.frame is not None and args.game is None:
+        raise CLIError("--frame needs --game (which game the frame is in)")
+    sim = Simulator.from_checkpoint(args.checkpoint, args.device or "cpu", temperature=args.temperature, seed=args.seed)
+    store = sim.open(args.store)
+    record = play(sim, store, args.frames, args.controller, args.game, args.frame, args.seed)
+    meta = {"checkpoint": args.checkpoint, "store": str(store.path), "seed": args.seed, "temperature": args.temperature}
+    paths = write_play(record, Path(args.out), meta)
+    last = record.frames[-1]
+    console.print(
+        f"played {args.frames} frames of game {record.game} from frame {record.start_frame} with "
+        f"{record.controller} controllers{' (game over)' if last['done'] else ''}",
+        soft_wrap=True,
+    )
+    if record.truth is not None:
+        for p in range(len(last["players"])):
+            model, true = last["players"][p], record.truth[-1]["players"][p]
+            gap = ((model["x"] - true["x"]) ** 2 + (model["y"] - true["y"]) ** 2) ** 0.5
+            console.print(
+                f"  p{p} last frame: model {model['action_name']} at ({model['x']:.1f}, {model['y']:.1f}), "
+                f"true {true['action_name']} at ({true['x']:.1f}, {true['y']:.1f}): {gap:.1f} units apart",
+                soft_wrap=True,
+            )
+    for path in paths:
+        console.print(f"wrote {path}", soft_wrap=True)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="melee-wm", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -192,6 +223,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
     evaluate.set_defaults(func=_cmd_eval)
+
+    play = sub.add_parser(
+        "play", help="drive a checkpoint as a simulator from a real start: GIF, trajectory PNG and frames JSON"
+    )
+    play.add_argument("checkpoint", help="a training checkpoint (runs/<run>/checkpoints/*.ckpt)")
+    play.add_argument("--store", required=True, help="store to start from (same encoding config)")
+    play.add_argument("--game", type=int, help="game index in the store (default: the first with room)")
+    play.add_argument("--frame", type=int, help="the start frame, the last context frame (default: 10 s in)")
+    play.add_argument("--frames", type=int, default=600, help="frames to simulate")
+    play.add_argument(
+        "--controller",
+        default="replay",
+        help="replay (the game's own inputs; the truth is drawn beside), idle, random, or a JSON file of inputs",
+    )
+    play.add_argument("--seed", type=int, default=0, help="seeds random controllers and sampling")
+    play.add_argument("--temperature", type=float, default=0.0, help="0: most likely action states; > 0: sampled at it")
+    play.add_argument("--out", default="play.gif", help="the GIF; _trajectories.png and _frames.json go beside it")
+    play.add_argument("--device", help="torch device (default: cpu)")
+    play.set_defaults(func=_cmd_play)
 
     return parser
 

@@ -10,7 +10,7 @@ import melee_wm
 
 PACKAGE = Path(melee_wm.__file__).resolve().parent
 # Lowest first. data and model share a floor and never import each other; eval scores what frames decodes,
-# training uses eval's metrics; cli and cloud are the entry points.
+# training uses eval's metrics; sim drives a trained checkpoint; cli and cloud are the entry points.
 FLOORS: dict[str, int] = {
     "constants": 0,
     "paths": 0,
@@ -24,8 +24,9 @@ FLOORS: dict[str, int] = {
     "frames": 4,
     "eval": 5,
     "training": 6,
-    "cli": 7,
-    "cloud": 7,
+    "sim": 7,
+    "cli": 8,
+    "cloud": 8,
 }
 SIBLINGS_APART = {("data", "model"), ("model", "data"), ("cli", "cloud"), ("cloud", "cli")}
 KNOWN_UPWARD: set[tuple[str, str]] = set()  # arrows allowed to point up a floor: none

@@ -21,12 +21,18 @@ T = TypeVar("T")
 
 
 def map_tensors(obj: T, fn: Callable[[Tensor], Tensor]) -> T:
-    """Apply `fn` to every tensor in a (nested) dataclass / dict."""
-    if obj is None or isinstance(obj, Tensor):
-        return obj if obj is None else fn(obj)
+    """Apply `fn` to every tensor in a (nested) dataclass, dict, list or (named) tuple; other leaves are kept."""
+    if isinstance(obj, Tensor):
+        return fn(obj)
     if isinstance(obj, dict):
         return {k: map_tensors(v, fn) for k, v in obj.items()}
-    return type(obj)(**{f.name: map_tensors(getattr(obj, f.name), fn) for f in dataclasses.fields(obj)})
+    if isinstance(obj, tuple) and hasattr(obj, "_fields"):  # a NamedTuple takes its fields positionally
+        return type(obj)(*(map_tensors(v, fn) for v in obj))
+    if isinstance(obj, list | tuple):
+        return type(obj)(map_tensors(v, fn) for v in obj)
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return type(obj)(**{f.name: map_tensors(getattr(obj, f.name), fn) for f in dataclasses.fields(obj)})
+    return obj
 
 
 class _TensorTree:

@@ -8,7 +8,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from melee_wm.encoding.config import BUTTON_BITS, STATE_FLAG_BITS, EncodingConfig
-from melee_wm.encoding.layout import NUM_PLAYERS, STAGE_FIELD, STICK_THRESHOLD_FEATURES, VELOCITY_FIELDS, Layout
+from melee_wm.encoding.layout import (
+    FIELD_SCALES,
+    NUM_PLAYERS,
+    STAGE_FIELD,
+    STICK_THRESHOLD_FEATURES,
+    VELOCITY_FIELDS,
+    Layout,
+)
 from melee_wm.replay.parse import AIRBORNE_GROUND, ParsedGame
 
 MOMENT_BLOCK_BYTES = 1 << 19  # float64 values `column_moments` widens at a time (a cache-sized buffer)
@@ -124,35 +131,15 @@ def _flag(word: np.ndarray, bit: int) -> np.ndarray:
     return (word & np.uint64(1 << bit)) != 0
 
 
-def player_float_features(raw: dict[str, np.ndarray], cfg: EncodingConfig) -> dict[str, np.ndarray]:
-    """Every per-player float field of the layout, scaled, from one player's parsed arrays. Binary fields are
-    bool arrays (stored as 0.0 / 1.0), so `encode_game` knows which columns hold only 0 and 1."""
-    flags = raw["state_flags"]
-    in_hitstun = _flag(flags, STATE_FLAG_BITS["hit_stun"])
-    hitstun = np.where(in_hitstun, np.maximum(raw["misc_as"], 0.0), 0.0)
-    sticks = {"main_x": raw["joystick_x"], "main_y": raw["joystick_y"], "c_x": raw["cstick_x"], "c_y": raw["cstick_y"]}
-    out = {
-        "percent": raw["percent"] * cfg.percent_scale,
-        "x": raw["x"] * cfg.position_scale,
-        "y": raw["y"] * cfg.position_scale,
-        "shield": raw["shield"] * cfg.shield_scale,
-        "state_age": raw["state_age"] * cfg.state_age_scale,
-        "hitlag": raw["hitlag"] * cfg.hitlag_scale,
-        "hitstun": hitstun * cfg.hitstun_scale,
-        "stocks": raw["stocks"] * cfg.stocks_scale,
-        "combo_count": raw["combo_count"] * cfg.combo_count_scale,
-        "facing": raw["direction"] > 0,
-        "on_ground": raw["airborne"] == 0,
-        "invulnerable": raw["hurtbox_state"] != 0,
-        **sticks,
-        "trigger": raw["trigger"],
-    }
-    for name in VELOCITY_FIELDS:
-        out[name] = raw[name] * cfg.velocity_scale
-    for name in cfg.state_flags:
-        out[f"flag_{name}"] = _flag(flags, STATE_FLAG_BITS[name])
+def controller_features(
+    sticks: dict[str, np.ndarray], trigger: np.ndarray, buttons: np.ndarray, cfg: EncodingConfig
+) -> dict[str, np.ndarray]:
+    """Every controller field of the layout for one player: sticks {main_x, main_y, c_x, c_y} in [-1, 1], the
+    analog trigger in [0, 1], the logical button word (`BUTTON_BITS`), each (frames,). Shared by the encoder and
+    by a simulator encoding a controller it was given, so both produce the same columns."""
+    out = {**sticks, "trigger": trigger}
     for name in cfg.buttons:
-        out[f"button_{name}"] = (raw["buttons"] & BUTTON_BITS[name]) != 0
+        out[f"button_{name}"] = (buttons & BUTTON_BITS[name]) != 0
     for name, axis, sign in STICK_THRESHOLD_FEATURES:
         value = sticks[axis]
         if sign == 0:
@@ -160,6 +147,29 @@ def player_float_features(raw: dict[str, np.ndarray], cfg: EncodingConfig) -> di
         else:
             out[name] = sign * value >= cfg.stick_deadzone
     return out
+
+
+def player_float_features(raw: dict[str, np.ndarray], cfg: EncodingConfig) -> dict[str, np.ndarray]:
+    """Every per-player float field of the layout, scaled (`FIELD_SCALES`), from one player's parsed arrays. Binary
+    fields are bool arrays (stored as 0.0 / 1.0), so `encode_game` knows which columns hold only 0 and 1."""
+    flags = raw["state_flags"]
+    in_hitstun = _flag(flags, STATE_FLAG_BITS["hit_stun"])
+    game_values = {
+        **{name: raw[name] for name in ("percent", "x", "y", "shield", "state_age", "hitlag", "stocks")},
+        **{name: raw[name] for name in VELOCITY_FIELDS},
+        "hitstun": np.where(in_hitstun, np.maximum(raw["misc_as"], 0.0), 0.0),
+        "combo_count": raw["combo_count"],
+    }
+    out = {name: value * getattr(cfg, FIELD_SCALES[name]) for name, value in game_values.items()}
+    out |= {
+        "facing": raw["direction"] > 0,
+        "on_ground": raw["airborne"] == 0,
+        "invulnerable": raw["hurtbox_state"] != 0,
+    }
+    for name in cfg.state_flags:
+        out[f"flag_{name}"] = _flag(flags, STATE_FLAG_BITS[name])
+    sticks = {"main_x": raw["joystick_x"], "main_y": raw["joystick_y"], "c_x": raw["cstick_x"], "c_y": raw["cstick_y"]}
+    return out | controller_features(sticks, raw["trigger"], raw["buttons"], cfg)
 
 
 def player_int_features(raw: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

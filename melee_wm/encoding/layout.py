@@ -54,6 +54,20 @@ INT_FIELDS: dict[str, tuple[str, bool]] = {
     "last_attack": ("last_attack_vocab", True),
 }
 STAGE_FIELD = "stage"
+# Per-player float field -> the `EncodingConfig` attribute its game value is multiplied by (encoded = value * scale).
+# Every other float field (binary flags, controller inputs) is stored as it is.
+FIELD_SCALES: dict[str, str] = {
+    "percent": "percent_scale",
+    "x": "position_scale",
+    "y": "position_scale",
+    "shield": "shield_scale",
+    **{name: "velocity_scale" for name in VELOCITY_FIELDS},
+    "state_age": "state_age_scale",
+    "hitlag": "hitlag_scale",
+    "hitstun": "hitstun_scale",
+    "stocks": "stocks_scale",
+    "combo_count": "combo_count_scale",
+}
 POSITION_GROUP = "continuous"  # the float group that holds each player's x and y
 POSITION_FIELDS = ("x", "y")
 
@@ -215,6 +229,10 @@ class Layout:
     def player_float_fields(self) -> list[str]:
         """Every per-player float field name, in column order."""
         return [name for fields, _ in self.float_groups_fields.values() for name in fields]
+
+    def float_scale(self, field: str) -> float:
+        """What a per-player float field's game value is multiplied by when encoded (1.0 for unscaled fields)."""
+        return float(getattr(self.cfg, FIELD_SCALES[field])) if field in FIELD_SCALES else 1.0
 
     def player_float_index(self, player: int, field: str) -> int:
         return self.float_index(f"p{player}.{field}")

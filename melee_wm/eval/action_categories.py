@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-FIRST_CHARACTER_STATE = 341  # first character-specific action-state id
+from melee_wm.game.names import FIRST_CHARACTER_STATE
 
 # Category -> inclusive (first, last) id ranges, with the states they hold. `other` takes every id left over.
 ACTION_CATEGORIES: dict[str, tuple[tuple[int, int | None], ...]] = {  # last None: to the vocabulary's end

@@ -1,8 +1,9 @@
 """Autoregressive rollout of any `WorldModelInterface` model, carrying its recurrent state.
 
-The true context is run once (`forward(..., need_state=True)`), then each frame costs one `step`: the model's
-prediction is turned into the next encoded frame (`reconstruct_frame`, with the true controller of that frame) and
-fed back. The cost per frame is constant however long the rollout; nothing re-runs the window.
+`RecurrentRollout` is the loop itself, shared with the simulator (`melee_wm.sim`): the context but its last frame is
+run once (`forward(..., need_state=True)`), then each frame costs one `step` over the current frame with the next
+frame's controller; the prediction becomes the next encoded frame (`reconstruct_frame`) and is fed back. The cost
+per frame is constant however long the rollout; nothing re-runs the window.
 
 `rollout_by_rerun` is the slow reference: before every frame it re-runs `forward` over the frames so far (all of
 them, or the last `window`), as a model without a carried state would have to. With `window=None` it must equal
@@ -20,22 +21,51 @@ from melee_wm.data.batch import Targets, map_tensors
 from melee_wm.encoding.layout import Layout
 from melee_wm.frames.frame import NextFrame, PreviousFrame
 from melee_wm.frames.reconstruct import frame_from_next, reconstruct_frame
-from melee_wm.frames.targets import TargetCodec
+from melee_wm.frames.targets import ChooseIds, TargetCodec
 from melee_wm.model.interface import WorldModelInterface
 
 OneStep = Callable[[Targets, PreviousFrame, Tensor], NextFrame]  # (targets, previous, character) -> next frame
 
 
-def _check(floats: Tensor, ints: Tensor, context: int) -> int:
+def _check(floats: Tensor, ints: Tensor, context: int, horizon: int = 1) -> int:
+    """The number of frames after `context` (at least `horizon`); a ValueError naming the shapes otherwise."""
+    """The number of frames to predict after `context` (at least `horizon`); ValueError naming what is wrong."""
     if floats.shape[:2] != ints.shape[:2]:
         raise ValueError(f"rollout: floats {tuple(floats.shape)} and ints {tuple(ints.shape)} differ in (B, T)")
-    horizon = floats.shape[1] - context
-    if context < 2 or horizon < 1:
+    if context < 2 or floats.shape[1] - context < horizon:
         raise ValueError(
-            f"rollout: need >= 2 context frames and >= 1 frame to predict, got {floats.shape[1]} frames "
+            f"rollout: need >= 2 context frames and >= {horizon} frames to predict, got {floats.shape[1]} frames "
             f"with context {context}"
         )
-    return horizon
+    return floats.shape[1] - context
+
+
+class RecurrentRollout:
+    """A batch of worlds advanced one predicted frame per `advance`, carrying the model's recurrent state.
+
+    floats: (B, C, num_floats), ints: (B, C, num_ints): C >= 2 true context frames on the model's device (frame
+    C - 1 is the current frame; its controller columns are the ones that led to it). `state`, `previous` and
+    `current` are public so a caller may copy and restore them (branching). The caller sets eval mode.
+    """
+
+    def __init__(self, net: WorldModelInterface, codec: TargetCodec, floats: Tensor, ints: Tensor) -> None:
+        _check(floats, ints, floats.shape[1], horizon=0)
+        self.net, self.codec = net, codec
+        ctrl = floats[..., codec.layout.float_slice("controller")]
+        with torch.no_grad():
+            _, self.state = net(floats[:, :-1], ints[:, :-1], ctrl[:, 1:], need_state=True)
+        self.previous: tuple[Tensor, Tensor] = (floats[:, -2], ints[:, -2])
+        self.current: tuple[Tensor, Tensor] = (floats[:, -1], ints[:, -1])
+
+    @torch.no_grad()
+    def advance(self, next_ctrl: Tensor, choose: ChooseIds | None = None) -> tuple[Tensor, Tensor]:
+        """Predict the next frame of every world from its controller columns next_ctrl (B, num_ctrl), make it the
+        current frame and return it as (floats (B, num_floats), ints (B, num_ints)). choose: how categorical
+        ids are picked from the logits (default the most likely)."""
+        pred, self.state = self.net.step(*self.current, next_ctrl, self.state, inplace=True)
+        following = reconstruct_frame(pred, self.codec, *self.current, self.previous, next_ctrl, choose=choose)
+        self.previous, self.current = self.current, following
+        return following
 
 
 @torch.no_grad()
@@ -50,17 +80,8 @@ def rollout(
     """
     horizon = _check(floats, ints, context)
     ctrl = floats[..., codec.layout.float_slice("controller")]
-    pred, state = net(floats[:, :context], ints[:, :context], ctrl[:, 1 : context + 1], need_state=True)
-    step_pred = pred.at(-1)
-    prev, cur_f, cur_i = (floats[:, context - 2], ints[:, context - 2]), floats[:, context - 1], ints[:, context - 1]
-    out_f, out_i = [], []
-    for h in range(horizon):
-        next_f, next_i = reconstruct_frame(step_pred, codec, cur_f, cur_i, prev, ctrl[:, context + h])
-        out_f.append(next_f)
-        out_i.append(next_i)
-        if h + 1 < horizon:
-            step_pred, state = net.step(next_f, next_i, ctrl[:, context + h + 1], state, inplace=True)
-        prev, cur_f, cur_i = (cur_f, cur_i), next_f, next_i
+    worlds = RecurrentRollout(net, codec, floats[:, :context], ints[:, :context])
+    out_f, out_i = zip(*(worlds.advance(ctrl[:, context + h]) for h in range(horizon)), strict=True)
     return torch.stack(out_f, 1), torch.stack(out_i, 1)
 
 

@@ -25,7 +25,7 @@ from torch import Tensor
 from melee_wm.data.batch import Targets
 from melee_wm.encoding.layout import NUM_PLAYERS, STAGE_FIELD, Layout
 from melee_wm.frames.frame import NextFrame, PreviousFrame
-from melee_wm.frames.targets import TargetCodec
+from melee_wm.frames.targets import ChooseIds, TargetCodec
 from melee_wm.game.stages import flat_ground_table, surface_table
 from melee_wm.model.heads import Prediction
 
@@ -90,6 +90,7 @@ def reconstruct_frame(
     previous: tuple[Tensor, Tensor] | None,
     next_ctrl_t: Tensor,
     true_ints: Tensor | None = None,
+    choose: ChooseIds | None = None,
 ) -> tuple[Tensor, Tensor]:
     """The next encoded frame from one step of predictions.
 
@@ -99,7 +100,8 @@ def reconstruct_frame(
     else it may be None);
     next_ctrl_t (B, num_ctrl): the true controller columns of frame t + 1;
     true_ints (B, num_ints): when given, frame t + 1's true int columns replace the argmax (teacher-forced
-    categoricals; the state age then follows the true action).
+    categoricals; the state age then follows the true action);
+    choose: how categorical ids are picked from their logits (`TargetCodec.decode`; default the most likely).
     Returns floats (B, num_floats) and ints (B, num_ints) of frame t + 1. Gradients flow through the regression
     outputs (not through thresholds, argmax or the state-age rule).
     """
@@ -115,7 +117,7 @@ def reconstruct_frame(
         cols, actions = layout.float_slice(layout.position_group), layout.int_slice("action")
         before = PreviousFrame(previous[0][..., cols], previous[1][..., actions].long())
         prior = codec.position_prior(current, before, ints_t[..., layout.int_slice("character")].long())
-    next_frame = codec.decode(pred, current, prior)
+    next_frame = codec.decode(pred, current, prior, choose)
     if true_ints is not None:
         next_frame.categorical = {f: true_ints[..., layout.int_slice(f)] for f in layout.categorical_targets}
     return frame_from_next(next_frame, layout, floats_t, ints_t, next_ctrl_t)

@@ -15,6 +15,7 @@ before the current one, so positions without one have no target.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -113,10 +114,18 @@ def target_statistics(dataset: MeleeDataset, parameterization: str) -> TargetSta
     return TargetStats(center, scale)
 
 
+ChooseIds = Callable[[Tensor], Tensor]  # categorical logits (..., vocab) -> chosen ids (...)
+
+
+def greedy(logits: Tensor) -> Tensor:
+    """The most likely id of each categorical prediction: logits (..., vocab) -> (...)."""
+    return logits.argmax(-1)
+
+
 def hold_invariants(frame: NextFrame, current: Targets, layout: Layout) -> NextFrame:
     """What the game guarantees, whatever a model outputs: percent is never below 0 and a stock is never gained
-    (the rollout checks of `melee_wm/eval/constraints.py`). Applied to decoded predictions, so rollouts cannot
-    drift out of the game."""
+    or counted below 0 (the rollout checks of `melee_wm/eval/constraints.py`). Applied to decoded predictions, so
+    rollouts cannot drift out of the game."""
     group = layout.position_group
     start = layout.float_slice(group).start
     percent = [layout.player_float_index(p, "percent") - start for p in range(NUM_PLAYERS)]
@@ -125,7 +134,7 @@ def hold_invariants(frame: NextFrame, current: Targets, layout: Layout) -> NextF
     stocks = [layout.player_float_index(p, "stocks") - start for p in range(NUM_PLAYERS)]
     predicted = frame.floats["dynamics"][..., stocks]
     now = current.current_floats["dynamics"][..., stocks].to(predicted.dtype)
-    frame.floats["dynamics"][..., stocks] = torch.minimum(predicted, now)
+    frame.floats["dynamics"][..., stocks] = torch.minimum(predicted, now).clamp_min(0.0)
     return frame
 
 
@@ -198,10 +207,12 @@ class TargetCodec(nn.Module):
             out[g] = (raw - center) / scale
         return out
 
-    def decode(self, pred: Prediction, current: Targets, prev_delta: Tensor | None) -> NextFrame:
+    def decode(
+        self, pred: Prediction, current: Targets, prev_delta: Tensor | None, choose: ChooseIds | None = None
+    ) -> NextFrame:
         """Next-frame values from predictions cut to the same positions as `current` (its current_* fields):
         regression groups de-standardized and turned into values, binary logits thresholded at 0,
-        categoricals by argmax."""
+        categoricals by `choose` (logits (..., vocab) -> ids (...); default argmax, the most likely id)."""
         floats = {}
         for g in self.layout.target_float_groups:
             out = pred.floats[g].float()
@@ -214,5 +225,5 @@ class TargetCodec(nn.Module):
                 floats[g] = current.current_floats[g] + raw if is_delta else raw
             else:  # binary logits
                 floats[g] = (out > 0).to(out.dtype)
-        categorical = {f: logits.argmax(-1) for f, logits in pred.categorical.items()}
+        categorical = {f: (choose or greedy)(logits) for f, logits in pred.categorical.items()}
         return hold_invariants(NextFrame(floats=floats, categorical=categorical), current, self.layout)
