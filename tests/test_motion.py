@@ -12,6 +12,7 @@ from melee_wm.encoding.layout import Layout
 from melee_wm.frames.frame import positions_with_previous, previous_frame, robust_displacement, select_positions
 from melee_wm.frames.reconstruct import keep_standing
 from melee_wm.frames.targets import RESIDUAL, TargetCodec, target_statistics
+from melee_wm.game.stages import GROUND_MARGIN, STAGES
 from melee_wm.model.config import ModelConfig
 from melee_wm.model.motion import MOVE_SCALE, MotionFeatures
 from melee_wm.model.world_model import WorldModel
@@ -124,3 +125,20 @@ def test_a_grounded_character_stands_on_a_level_main_stage():
     assert y[0] == 0.0  # on the stage: stands on its top
     assert y[1:] == pytest.approx([-1.5, -20.0, -1.5])  # past the ledge, far below it, or on a sloped stage
     assert nxt[:, LAYOUT.float_index("p1.y")].eq(0).all()  # player 1 is airborne: untouched (it was 0)
+    # 20 units below Final Destination's top nothing holds a character: the on-ground flag goes; at -1.5 past
+    # the ledge (within SINK_DEPTH) and on Yoshi's Story's slopes it stays.
+    assert nxt[:, LAYOUT.float_index("p0.on_ground")].tolist() == [1.0, 1.0, 0.0, 1.0]
+
+
+def test_a_grounded_character_high_above_every_surface_is_airborne():
+    floats_t = torch.zeros(3, LAYOUT.num_floats)
+    ints_t = torch.zeros(3, LAYOUT.num_ints, dtype=torch.int16)
+    ints_t[:, LAYOUT.int_index("stage")] = torch.tensor([31, 31, 8])  # Battlefield twice, Yoshi's Story
+    nxt = floats_t.clone()
+    nxt[:, LAYOUT.float_index("p1.on_ground")] = 1.0
+    top = STAGES[31].top_ground
+    heights = [top + GROUND_MARGIN + 1.0, top, STAGES[8].top_ground + GROUND_MARGIN + 5.0]
+    nxt[:, LAYOUT.float_index("p1.y")] = torch.tensor(heights) * SCALE
+    keep_standing(LAYOUT, floats_t, ints_t, nxt)
+    assert nxt[:, LAYOUT.float_index("p1.on_ground")].tolist() == [0.0, 1.0, 0.0]  # the top platform holds it
+    assert (nxt[:, LAYOUT.float_index("p1.y")] / SCALE).tolist() == pytest.approx(heights)  # heights untouched

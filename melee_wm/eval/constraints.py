@@ -8,10 +8,16 @@ import torch
 from torch import Tensor
 
 from melee_wm.encoding.layout import NUM_PLAYERS, STAGE_FIELD, Layout
-from melee_wm.game.stages import GROUND_MARGIN, flat_ground_table, is_dead_action, outside_blast_zone, stage_table
+from melee_wm.game.stages import (
+    GROUND_MARGIN,
+    SINK_DEPTH,
+    flat_ground_table,
+    is_dead_action,
+    outside_blast_zone,
+    stage_table,
+)
 
 VIOLATIONS = ("negative_percent", "stocks_increase", "outside_blast_zone", "ground_above_platforms", "sunk_into_stage")
-SINK_DEPTH = 2.0  # game units below a level main stage (y = 0) at which a grounded character has sunk into it
 PERCENT_TOLERANCE = 1e-3  # game units below 0 before a percent counts as negative (float rounding)
 
 

@@ -13,8 +13,9 @@ model exactly the same frames. Every column comes from the layout by name:
   (0 during hitlag, fractional for animation-rate changes);
 - per-game columns the model does not predict (character, stage): carried from the current frame;
 - the controller of the next frame: from the ground truth (`next_ctrl_t`);
-- invariants the game guarantees: percent >= 0 and no stock gained (`TargetCodec.decode`), and a character
-  predicted on the ground over a level main stage stands on its top (`keep_standing`).
+- invariants the game guarantees: percent >= 0 and no stock gained (`TargetCodec.decode`); a character
+  predicted on the ground over a level main stage stands on its top, and one predicted on the ground where no
+  surface can be is airborne (`keep_standing`).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from melee_wm.data.batch import Targets
 from melee_wm.encoding.layout import NUM_PLAYERS, STAGE_FIELD, Layout
 from melee_wm.frames.frame import NextFrame, PreviousFrame
 from melee_wm.frames.targets import ChooseIds, TargetCodec
-from melee_wm.game.stages import flat_ground_table, surface_table
+from melee_wm.game.stages import GROUND_MARGIN, SINK_DEPTH, flat_ground_table, stage_table, surface_table
 from melee_wm.model.heads import Prediction
 
 GROUND_SNAP = 5.0  # game units from a level main stage's top within which a grounded character stands on it
@@ -64,22 +65,33 @@ def frame_from_next(next_frame: NextFrame, layout: Layout, floats_t: Tensor, int
 
 
 def keep_standing(layout: Layout, floats_t: Tensor, ints_t: Tensor, floats: Tensor) -> None:
-    """A character predicted on the ground over a level main stage (`Stage.flat_ground`: its top is y = 0 from
-    ledge to ledge) and within `GROUND_SNAP` of that top stands on it: its y becomes 0, as the game's collision
-    would put it, so a model's small vertical errors cannot sink it through the stage over a rollout.
+    """Ground contact as the game's collision allows it, so a model's small errors cannot sink a character
+    through the stage over a rollout nor stand it on air:
+
+    - a character predicted on the ground over a level main stage (`Stage.flat_ground`: its top is y = 0 from
+      ledge to ledge) and within `GROUND_SNAP` of that top stands on it: its y becomes 0;
+    - a character predicted on the ground more than `SINK_DEPTH` below a level main stage's top, or more than
+      `GROUND_MARGIN` above the stage's highest surface, stands on nothing: its on-ground flag is cleared (the
+      real games never show either: `melee_wm/eval/constraints.py` counts them).
+
     floats_t, ints_t: the current frame (its stage); floats: the next frame's columns (..., num_floats), changed
     in place."""
     scale = layout.cfg.position_scale
     x = floats[..., [layout.player_float_index(p, "x") for p in range(NUM_PLAYERS)]] / scale
     y_cols = [layout.player_float_index(p, "y") for p in range(NUM_PLAYERS)]
-    ground = floats[..., [layout.player_float_index(p, "on_ground") for p in range(NUM_PLAYERS)]] >= 0.5
+    ground_cols = [layout.player_float_index(p, "on_ground") for p in range(NUM_PLAYERS)]
+    ground = floats[..., ground_cols] >= 0.5
     stage = ints_t[..., layout.int_slice(STAGE_FIELD)].long()  # (..., 1)
     vocab = layout.int_vocab(STAGE_FIELD)
     flat = flat_ground_table(vocab, floats.device)[stage]  # (..., 1)
     main = surface_table(vocab, floats.device)[stage[..., 0], 0]  # (..., 3): x_left, x_right, y of the main stage
+    top_ground = stage_table(vocab, floats.device)[stage[..., 0], -1:]  # (..., 1); NaN for an unknown stage
     over = (x >= main[..., :1]) & (x <= main[..., 1:2])
     standing = ground & flat & over & ((floats[..., y_cols] / scale).abs() < GROUND_SNAP)
-    floats[..., y_cols] = torch.where(standing, torch.zeros_like(floats[..., y_cols]), floats[..., y_cols])
+    floats[..., y_cols] = floats[..., y_cols].masked_fill(standing, 0.0)
+    y = floats[..., y_cols] / scale
+    on_nothing = ground & ((flat & (y < -SINK_DEPTH)) | (y > top_ground + GROUND_MARGIN))
+    floats[..., ground_cols] = floats[..., ground_cols].masked_fill(on_nothing, 0.0)
 
 
 def reconstruct_frame(

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 GROUND_MARGIN = 30.0  # game units above a stage's highest surface before "on ground" is physically impossible
+SINK_DEPTH = 2.0  # game units below a level main stage's top (y = 0) where no surface holds a grounded character
 # Melee action states 0..10 are the Dead* states (DeadDown, DeadLeft, DeadRight, DeadUp, DeadUpStar, ...): a
 # character flying out past the top (a star KO) stays outside the blast zone in them ~130 frames before its stock
 # is taken; after a stock loss the position stays frozen outside for ~60 frames.
