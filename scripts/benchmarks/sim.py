@@ -79,7 +79,7 @@ def time_steps(net, codec: TargetCodec, device: torch.device, worlds: int, round
 def run(quick: bool) -> Iterator[dict]:
     layout = Layout(EncodingConfig())
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
-    rounds = 2 if quick else 5
+    rounds = 2 if quick else 9
     yield record("setup", presets=PRESETS, worlds=WORLDS, steps_per_call=STEPS, threads=torch.get_num_threads())
     ratio = None
     for device in devices:
