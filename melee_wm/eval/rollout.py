@@ -2,7 +2,9 @@
 
 The true context is run once (`forward(..., need_state=True)`), then each frame costs one `step`: the model's
 prediction is turned into the next encoded frame (`reconstruct_frame`, with the true controller of that frame) and
-fed back. The cost per frame is constant however long the rollout; nothing re-runs the window.
+fed back. The cost per frame is constant however long the rollout; nothing re-runs the window. The windows'
+column validity (`valid`, `valid_ints`: which fields their games' replay formats record) reaches the model's
+missing-field indicators through `forward`, and the carried state keeps them for every `step`.
 
 `rollout_by_rerun` is the slow reference: before every frame it re-runs `forward` over the frames so far (all of
 them, or the last `window`), as a model without a carried state would have to. With `window=None` it must equal
@@ -40,17 +42,26 @@ def _check(floats: Tensor, ints: Tensor, context: int) -> int:
 
 @torch.no_grad()
 def rollout(
-    net: WorldModelInterface, codec: TargetCodec, floats: Tensor, ints: Tensor, context: int
+    net: WorldModelInterface,
+    codec: TargetCodec,
+    floats: Tensor,
+    ints: Tensor,
+    context: int,
+    *,
+    valid: Tensor | None = None,
+    valid_ints: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Predict frames context..T-1 of true windows from their first `context` frames and the true controller.
 
     floats: (B, T, num_floats), ints: (B, T, num_ints) true frames on the model's device; only frames < context
-    and the controller columns of later frames are read. Returns predicted floats (B, H, num_floats) and ints
+    and the controller columns of later frames are read. valid: (B, num_floats), valid_ints: (B, num_ints) bool
+    column validity of each window's game (None: all valid). Returns predicted floats (B, H, num_floats) and ints
     (B, H, num_ints), H = T - context. The caller sets eval mode.
     """
     horizon = _check(floats, ints, context)
     ctrl = floats[..., codec.layout.float_slice("controller")]
-    pred, state = net(floats[:, :context], ints[:, :context], ctrl[:, 1 : context + 1], need_state=True)
+    context_f, context_i, context_ctrl = floats[:, :context], ints[:, :context], ctrl[:, 1 : context + 1]
+    pred, state = net(context_f, context_i, context_ctrl, need_state=True, valid=valid, valid_ints=valid_ints)
     step_pred = pred.at(-1)
     prev, cur_f, cur_i = (floats[:, context - 2], ints[:, context - 2]), floats[:, context - 1], ints[:, context - 1]
     out_f, out_i = [], []
@@ -72,16 +83,27 @@ def rollout_by_rerun(
     ints: Tensor,
     context: int,
     window: int | None = None,
+    *,
+    valid: Tensor | None = None,
+    valid_ints: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """`rollout` by re-running `forward` over the frames so far before every predicted frame (from the zero
-    state): all of them (`window=None`; equals `rollout`) or the last `window` (a fixed-window model's cost)."""
+    state): all of them (`window=None`; equals `rollout`) or the last `window` (a fixed-window model's cost).
+    valid, valid_ints: as in `rollout`, given to every `forward`."""
     horizon = _check(floats, ints, context)
     ctrl = floats[..., codec.layout.float_slice("controller")]
     seq_f, seq_i = floats[:, :context], ints[:, :context]
     for h in range(horizon):
         end = context + h  # frames 0..end-1 are known; predict frame `end`
         lo = 0 if window is None else max(0, end - window)
-        pred, _ = net(seq_f[:, lo:], seq_i[:, lo:], ctrl[:, lo + 1 : end + 1], need_state=False)
+        pred, _ = net(
+            seq_f[:, lo:],
+            seq_i[:, lo:],
+            ctrl[:, lo + 1 : end + 1],
+            need_state=False,
+            valid=valid,
+            valid_ints=valid_ints,
+        )
         next_f, next_i = reconstruct_frame(
             pred.at(-1), codec, seq_f[:, -1], seq_i[:, -1], (seq_f[:, -2], seq_i[:, -2]), ctrl[:, end]
         )

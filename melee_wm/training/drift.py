@@ -78,7 +78,8 @@ def self_forcing_loss(
     k, p = batch.floats.shape[1], batch.num_positions
     start = k - steps  # context index of the first fed-back frame
     floats, ints, ctrl = batch.floats, batch.ints, batch.next_ctrl
-    pred, state = net(floats[:, :start], ints[:, :start], ctrl[:, :start], need_state=True)
+    valid = {"valid": batch.valid_floats, "valid_ints": batch.valid_ints}
+    pred, state = net(floats[:, :start], ints[:, :start], ctrl[:, :start], need_state=True, **valid)
     step_pred = pred.at(-1)  # predicts frame `start`
     prev, cur_f, cur_i = (floats[:, start - 2], ints[:, start - 2]), floats[:, start - 1], ints[:, start - 1]
     preds, fed_f, fed_i, before_f, before_i = [], [], [], [], []
