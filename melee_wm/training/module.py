@@ -125,7 +125,7 @@ class WorldModelModule(L.LightningModule):
         # them once per fit, in the same pass as the model, and log those scores at every later validation.
         baselines = None if self.baseline_scores else dict(self.val_baselines)
         out = self.forward_loss(batch, self.val_metrics, baselines)
-        size = batch.floats.shape[0]
+        size = batch.num_counted  # the windows that pad a DDP rank's last batch weigh nothing
         self.log("val/loss", out.total, prog_bar=True, batch_size=size, sync_dist=True)
         self.log_dict({f"val/loss_{k}": v for k, v in out.terms.items()}, batch_size=size, sync_dist=True)
 
