@@ -11,7 +11,6 @@ import torch
 
 from melee_wm.data.augment import (
     SwapBatchSampler,
-    SwapItem,
     column_permutation,
     swap_players,
     swap_players_where,
@@ -20,7 +19,7 @@ from melee_wm.data.batch import Batch, build_batch
 from melee_wm.data.config import DataConfig
 from melee_wm.data.datamodule import MeleeDataModule
 from melee_wm.data.dataset import MeleeDataset
-from melee_wm.data.sampler import WindowBatchSampler
+from melee_wm.data.sampler import WindowBatchSampler, WindowItem
 from melee_wm.encoding.config import EncodingConfig
 from melee_wm.encoding.encoder import encode_game
 from melee_wm.encoding.layout import Column, Layout
@@ -171,11 +170,11 @@ def test_p0_changes_nothing(sample_store):
     dm = datamodule(sample_store, seed=3)
     loader = dm.train_dataloader()
     assert type(loader.sampler) is WindowBatchSampler  # the default path is untouched
-    for indices, batch, _ in zip(loader.sampler, loader, range(3), strict=False):
-        assert_same(batch, dm.train_set.get_batch(indices))
+    for item, batch, _ in zip(loader.sampler, loader, range(3), strict=False):
+        assert_same(batch, dm.train_set.get_batch(item.indices))
     zero = SwapBatchSampler(1000, 64, swap_p=0.0, seed=3)
     items = list(zero)
-    assert [item.indices for item in items] == list(WindowBatchSampler(1000, 64, seed=3))
+    assert [item.indices for item in items] == [item.indices for item in WindowBatchSampler(1000, 64, seed=3)]
     assert not torch.cat([item.swap for item in items]).any()
 
 
@@ -185,7 +184,7 @@ def test_p1_swaps_every_train_window_and_val_never(sample_store):
     loader = dm.train_dataloader()
     assert len(loader) == len(train) // 32
     for item, batch, _ in zip(loader.sampler, loader, range(3), strict=False):
-        assert isinstance(item, SwapItem) and item.swap.all()
+        assert isinstance(item, WindowItem) and item.swap.all()
         floats, ints = train.gather(item.indices)
         expected = build_batch(*swap_players(floats, ints, LAYOUT), LAYOUT, dm.data_cfg.num_positions)
         _, games = train.window_games(item.indices)  # masks are per game, the same for both players
@@ -193,8 +192,9 @@ def test_p1_swaps_every_train_window_and_val_never(sample_store):
         assert_same(batch, expected)
     val_loader = dm.val_dataloader()
     assert type(val_loader.sampler) is WindowBatchSampler
-    for indices, batch, _ in zip(val_loader.sampler, val_loader, range(3), strict=False):
-        assert_same(batch, val.get_batch(indices))
+    for item, batch, _ in zip(val_loader.sampler, val_loader, range(3), strict=False):
+        assert item.swap is None
+        assert_same(batch, val.get_batch(item.indices))
 
 
 def test_swap_draws_are_seeded_by_seed_epoch_and_rank():
@@ -212,7 +212,9 @@ def test_swap_draws_are_seeded_by_seed_epoch_and_rank():
     assert not torch.equal(masks(sampler(seed=8)), first)
     ranks = [sampler(rank=r, world_size=2) for r in (0, 1)]
     assert not torch.equal(masks(ranks[0]), masks(ranks[1]))
-    assert [i.indices for i in ranks[1]] == list(WindowBatchSampler(4000, 64, seed=7, rank=1, world_size=2))
+    assert [i.indices for i in ranks[1]] == [
+        i.indices for i in WindowBatchSampler(4000, 64, seed=7, rank=1, world_size=2)
+    ]
     assert abs(masks(sampler(swap_p=0.2)).float().mean().item() - 0.2) < 0.05
 
 

@@ -11,7 +11,7 @@ import torch
 from melee_wm.data.batch import Batch
 from melee_wm.data.config import DataConfig
 from melee_wm.data.datamodule import MeleeDataModule
-from melee_wm.data.sampler import WindowBatchSampler
+from melee_wm.data.sampler import WindowBatchSampler, WindowItem
 from melee_wm.data.split import split_of
 from melee_wm.data.store import StoreConfigError
 from melee_wm.encoding.config import EncodingConfig
@@ -19,8 +19,13 @@ from melee_wm.encoding.layout import Layout
 from tests.helpers import assert_same, quiet_trainer
 
 
-def flat(batches: list[list[int]]) -> list[int]:
-    return [i for b in batches for i in b]
+def flat(batches: list[WindowItem], counted_only: bool = False) -> list[int]:
+    """The window indices of sampler items in order (with counted_only, those the items count)."""
+    out = []
+    for b in batches:
+        counted = [True] * len(b.indices) if b.counted is None or not counted_only else b.counted.tolist()
+        out += [i for i, c in zip(b.indices, counted, strict=True) if c]
+    return out
 
 
 @pytest.mark.parametrize(("n", "drop_last"), [(1000, True), (1000, False), (1003, False)])
@@ -30,7 +35,7 @@ def test_two_ranks_are_disjoint_and_cover_the_epoch(n, drop_last):
     assert len(batches[0]) == len(batches[1]) == len(ranks[0])  # same step count on every rank (no DDP hang)
     seen = [flat(b) for b in batches]
     if drop_last:
-        assert all(len(b) == 64 for r in batches for b in r)
+        assert all(len(b.indices) == 64 for r in batches for b in r)
         assert len(seen[0]) == len(seen[1]) == n // 128 * 64
         assert not set(seen[0]) & set(seen[1]) and len(set(seen[0]) | set(seen[1])) == 2 * len(seen[0])
     else:
@@ -38,6 +43,10 @@ def test_two_ranks_are_disjoint_and_cover_the_epoch(n, drop_last):
         assert len(seen[0]) + len(seen[1]) == n + n % 2  # only the padding repeats
         if n % 2 == 0:
             assert not set(seen[0]) & set(seen[1])
+        # The repeats are marked: the counted windows of both ranks are every window exactly once.
+        counted = [flat(b, counted_only=True) for b in batches]
+        assert sorted(counted[0] + counted[1]) == list(range(n))
+        assert all(b.counted is None for b in batches[0]) and (n % 2 == 0) == all(b.counted is None for b in batches[1])
 
 
 def test_sampler_is_seeded_per_epoch():

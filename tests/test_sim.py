@@ -167,11 +167,15 @@ def test_from_checkpoint_reproduces_the_rollout_evaluator(checkpoint, sample_sto
     context, horizon = sim.context_len, 12
     data = DataConfig(store=str(sample_store.path), context_len=context, val_fraction=0.34)
     windows = rollout_windows(sample_store, "val", data, sample_store.config, context, horizon)
-    floats, ints = windows.gather(draw_starts(len(windows), 8, seed=1))
+    starts = draw_starts(len(windows), 8, seed=1)
+    floats, ints = windows.gather(starts)
+    _, games = windows.window_games(starts)
+    valid, valid_ints = windows.game_valid_floats[games], windows.game_valid_ints[games]
+    assert not valid.all()  # some start is in a game whose replay format lacks fields (its indicators are on)
     stocks = [sim.layout.player_float_index(p, "stocks") for p in range(2)]
     assert (floats[..., stocks] > 0).all()  # no game ends inside these windows (a finished world stops)
-    want_f, want_i = rollout(sim.net, sim.codec, floats, ints, context)
-    sim.reset(floats[:, :context], ints[:, :context])
+    want_f, want_i = rollout(sim.net, sim.codec, floats, ints, context, valid=valid, valid_ints=valid_ints)
+    sim.reset(floats[:, :context], ints[:, :context], valid, valid_ints)
     ctrl = sim.layout.float_slice(CONTROLLER_GROUP)
     for h in range(horizon):
         frame = sim.step(floats[:, context + h, ctrl])

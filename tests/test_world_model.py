@@ -10,11 +10,12 @@ import pytest
 import torch
 
 from melee_wm.encoding import NUM_PLAYERS, EncodingConfig, Layout
+from melee_wm.encoding.missing import MISSING_FIELD_COLUMNS, invalid_columns, missing_groups
 from melee_wm.model.build import build_model
 from melee_wm.model.config import ARCH_KEYS, ModelConfig, load_model_config
 from melee_wm.model.heads import Prediction
 from melee_wm.model.interface import WorldModelInterface
-from melee_wm.model.mlp import FrameStackMLP
+from melee_wm.model.mlp import FrameStackMLP, FrameStackState
 from melee_wm.model.motion import MotionFeatures
 from melee_wm.model.world_model import WorldModel, drop_path
 from melee_wm.paths import config_dir
@@ -56,6 +57,13 @@ def batch(layout: Layout, b: int = 3, seqlen: int = CONTEXT, dtype=torch.float64
     return floats[:, :-1], ints[:, :-1], next_ctrl
 
 
+def old_format_first(layout: Layout, b: int = 3) -> dict[str, torch.Tensor]:
+    """`forward`'s validity keywords for `b` windows, the first lacking every field a replay format can lack."""
+    invalid_f, invalid_i = invalid_columns(layout, MISSING_FIELD_COLUMNS)
+    first = torch.arange(b)[:, None] == 0
+    return {"valid": ~(first & invalid_f), "valid_ints": ~(first & invalid_i)}
+
+
 def make(arch: str, layout: Layout, dtype=torch.float64, seed: int = 0, **overrides) -> torch.nn.Module:
     torch.manual_seed(seed)
     return build_model(tiny(arch, **overrides), layout, CONTEXT).to(dtype).eval()
@@ -69,8 +77,8 @@ def flat(pred: Prediction) -> torch.Tensor:
 
 
 def flat_state(state) -> torch.Tensor:
-    if isinstance(state, torch.Tensor):
-        return state.flatten()
+    if isinstance(state, FrameStackState):
+        return state.frames.flatten()
     return torch.cat([t.flatten() for s in state.layers for t in (s.conv, s.resolved().ssm)])
 
 
@@ -264,10 +272,12 @@ def expected_parameters(cfg: ModelConfig, layout: Layout) -> int:
     # ctrl_proj, norm, fc1, fc2, out_norm, out (all linears with bias).
     heads = (ctrl.stop - ctrl.start + 1) * d + d + (d + 1) * h + (h + 1) * d + d + (d + 1) * outputs
     heads += len(layout.categorical_targets) if cfg.copy_prior > 0 else 0  # one copy logit per field
+    # Missing-field indicators: one bias-free linear from the flags to the width they are added at.
+    flags = len(missing_groups(layout)) if cfg.missing_inputs else 0
     if cfg.arch == "mlp":
         widths = [cfg.mlp_frames * frame_dim, *cfg.mlp_hidden, d]
         trunk = sum((a + 1) * b for a, b in itertools.pairwise(widths)) + d  # linears + final norm
-        return embed + trunk + heads
+        return embed + trunk + heads + flags * widths[1]
     d_inner, nheads = cfg.expand * d, cfg.nheads
     conv_dim = d_inner + 2 * cfg.ngroups * cfg.d_state
     # Block: pre-norm; mixer in_proj (z, xBC, dt; no bias), depthwise conv (+bias), dt_bias/A_log/D, gated
@@ -275,7 +285,7 @@ def expected_parameters(cfg: ModelConfig, layout: Layout) -> int:
     mixer = d * (d_inner + conv_dim + nheads) + conv_dim * (cfg.d_conv + 1) + 3 * nheads + d_inner + d_inner * d
     motion = MotionFeatures.width if cfg.motion_inputs else 0  # fp32 motion inputs beside the embedded frame
     trunk = (frame_dim + motion + 1) * d + cfg.n_layers * (d + mixer) + d  # in_proj, blocks, final norm
-    return embed + trunk + heads
+    return embed + trunk + heads + flags * d
 
 
 def test_presets_build_to_their_configs_and_reject_unknown_keys(tmp_path):
@@ -421,11 +431,13 @@ def test_drop_path_drops_whole_samples():
 
 
 def test_gradients_reach_every_parameter():
+    """Every parameter gets a gradient, the missing-field indicators' too (one window lacks every field a replay
+    format can lack)."""
     layout = Layout(EncodingConfig())
     for arch in ARCHS:
         model = make(arch, layout).train()
         floats, ints, next_ctrl = batch(layout)
-        pred, _ = model(floats, ints, next_ctrl)
+        pred, _ = model(floats, ints, next_ctrl, **old_format_first(layout))
         flat(pred).square().mean().backward()
         missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
         assert not missing, f"{arch}: no gradient for {missing}"
@@ -471,8 +483,9 @@ def test_training_forward_without_state_gives_the_same_predictions(arch):
     layout = Layout(EncodingConfig())
     model = make(arch, layout)
     floats, ints, next_ctrl = batch(layout)
-    with_state, state = model(floats, ints, next_ctrl)
-    without, none = model(floats, ints, next_ctrl, need_state=False)
+    valid = old_format_first(layout)
+    with_state, state = model(floats, ints, next_ctrl, **valid)
+    without, none = model(floats, ints, next_ctrl, need_state=False, **valid)
     assert state is not None and none is None
     torch.testing.assert_close(flat(without), flat(with_state), **ROUNDOFF64)
     grads = [torch.autograd.grad(flat(p).sum(), list(model.parameters())) for p in (with_state, without)]

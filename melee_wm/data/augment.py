@@ -21,7 +21,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from melee_wm.data.sampler import WindowBatchSampler
+from melee_wm.data.sampler import WindowBatchSampler, WindowItem
 from melee_wm.encoding.layout import NUM_PLAYERS, Column, Layout
 
 
@@ -95,15 +95,9 @@ def swap_seed(seed: int, epoch: int, rank: int) -> int:
     return int.from_bytes(digest, "little") & ((1 << 63) - 1)
 
 
-class SwapItem(NamedTuple):
-    """One sampler item: window indices (B,) and which of them to see from the other port, (B,) bool."""
-
-    indices: list[int]
-    swap: Tensor
-
-
 class SwapBatchSampler(WindowBatchSampler):
-    """A `WindowBatchSampler` whose batches come with a swap mask: each window is swapped with probability p.
+    """A `WindowBatchSampler` whose batches come with a swap mask (`WindowItem.swap`): each window is swapped
+    with probability p.
 
     The masks of an epoch are drawn in batch order from a generator seeded by `swap_seed(seed, epoch, rank)`,
     so they depend only on those and the batch's position; the sampler runs in the main process and workers
@@ -116,7 +110,7 @@ class SwapBatchSampler(WindowBatchSampler):
             raise ValueError(f"swap_p must be in [0, 1], got {swap_p}")
         self.swap_p = swap_p
 
-    def __iter__(self) -> Iterator[SwapItem]:  # type: ignore[override]
+    def __iter__(self) -> Iterator[WindowItem]:
         g = torch.Generator().manual_seed(swap_seed(self.seed, self.epoch, self.rank))
-        for indices in super().__iter__():
-            yield SwapItem(indices, torch.rand(len(indices), generator=g) < self.swap_p)
+        for item in super().__iter__():
+            yield item._replace(swap=torch.rand(len(item.indices), generator=g) < self.swap_p)

@@ -70,7 +70,9 @@ class Batch(_TensorTree):
     dtype); next_ctrl: (B, K, num_ctrl) controller columns of frames s+1..s+K, i.e. of the frame after every
     context position (the model's forward runs every position; targets cover the last P of them).
     valid_floats / valid_ints mark the columns whose field the window's game records (replay formats before
-    some Slippi versions lack fields, which then hold defaults): losses and metrics skip the others."""
+    some Slippi versions lack fields, which then hold defaults): losses and metrics skip the others. counted
+    marks the windows that count at all: a DDP rank's last validation batch is padded with windows another rank
+    also scores (`WindowItem`), and losses and metrics skip them, so every window is scored once."""
 
     floats: Tensor
     ints: Tensor
@@ -78,6 +80,12 @@ class Batch(_TensorTree):
     targets: Targets
     valid_floats: Tensor | None = None  # (B, num_floats) bool: False where the window's game lacks the field
     valid_ints: Tensor | None = None  # (B, num_ints) bool
+    counted: Tensor | None = None  # (B,) bool: False for a padding repeat; None when every window counts
+
+    @property
+    def num_counted(self) -> int:
+        """Windows that count (all B unless some pad a DDP rank's batch)."""
+        return self.floats.shape[0] if self.counted is None else int(self.counted.sum())
 
     @property
     def num_positions(self) -> int:
@@ -87,7 +95,8 @@ class Batch(_TensorTree):
 
 @dataclass
 class ColumnMask:
-    """Which entries of a batch hold data, per window (broadcast over positions); absent keys are all valid.
+    """Which entries of a batch hold data and count, per window (broadcast over positions); absent keys are all
+    valid.
 
     floats: group -> (B, 1, width) bool; categorical: field -> (B, 1, 2) bool.
     """
@@ -97,10 +106,18 @@ class ColumnMask:
 
     @classmethod
     def of_batch(cls, batch: Batch, layout: Layout) -> ColumnMask | None:
-        """The mask of a `Batch`'s windows (from its `valid_floats` / `valid_ints`), None when it has none."""
-        if batch.valid_floats is None:
+        """The mask of a `Batch`'s windows: its `valid_floats` / `valid_ints`, every column of a window that is not
+        `counted` cleared; None when the batch has neither."""
+        if batch.valid_floats is None and batch.counted is None:
             return None
-        return cls.from_columns(layout, batch.valid_floats, batch.valid_ints)
+        b, device = batch.floats.shape[0], batch.floats.device
+        valid_f, valid_i = batch.valid_floats, batch.valid_ints
+        if valid_f is None:
+            valid_f = torch.ones(b, layout.num_floats, dtype=torch.bool, device=device)
+            valid_i = torch.ones(b, layout.num_ints, dtype=torch.bool, device=device)
+        if batch.counted is not None:
+            valid_f, valid_i = valid_f & batch.counted[:, None], valid_i & batch.counted[:, None]
+        return cls.from_columns(layout, valid_f, valid_i)
 
     @classmethod
     def from_columns(cls, layout: Layout, float_valid: Tensor, int_valid: Tensor) -> ColumnMask:

@@ -1,8 +1,9 @@
 """`MeleeDataModule`: the train/val windows of a store, as DataLoaders that hand whole batches to workers.
 
-Each DataLoader is built with `batch_size=None` and a `WindowBatchSampler`: a sampler item is a list of window
-indices, which a worker turns into one `Batch` with `MeleeDataset.get_batch`. With `swap_players_p > 0` the train
-sampler is a `SwapBatchSampler`, whose item, a `SwapItem`, also says which windows to see from the other port
+Each DataLoader is built with `batch_size=None` and a `WindowBatchSampler`: a sampler item, a `WindowItem`, names
+the window indices of one batch, which a worker turns into one `Batch` with `MeleeDataset.get_batch`; it also
+marks the windows that only pad a DDP rank's last validation batch (`Batch.counted`). With `swap_players_p > 0`
+the train sampler is a `SwapBatchSampler`, whose items also say which windows to see from the other port
 (melee_wm/data/augment.py). Under DDP the sampler reads `trainer.global_rank` / `trainer.world_size` itself, so
 the Trainer must be built with `use_distributed_sampler=False` (Lightning would otherwise try to replace the
 sampler with its own).
@@ -15,11 +16,11 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from melee_wm.data.augment import SwapBatchSampler, SwapItem
+from melee_wm.data.augment import SwapBatchSampler
 from melee_wm.data.batch import Batch
 from melee_wm.data.config import DataConfig
 from melee_wm.data.dataset import MeleeDataset
-from melee_wm.data.sampler import WindowBatchSampler
+from melee_wm.data.sampler import WindowBatchSampler, WindowItem
 from melee_wm.data.store import open_store
 from melee_wm.encoding.config import EncodingConfig
 
@@ -30,11 +31,9 @@ class BatchItems(Dataset):
     def __init__(self, windows: MeleeDataset) -> None:
         self.windows = windows
 
-    def __getitem__(self, item: list[int] | SwapItem) -> Batch:
-        """The `Batch` of window indices (B,) the sampler yielded; a `SwapItem` also names the windows to swap."""
-        if isinstance(item, SwapItem):
-            return self.windows.get_batch(item.indices, swap=item.swap)
-        return self.windows.get_batch(item)
+    def __getitem__(self, item: WindowItem) -> Batch:
+        """The `Batch` of the window indices (B,) the sampler yielded, swapped and counted as the item says."""
+        return self.windows.get_batch(item.indices, swap=item.swap, counted=item.counted)
 
 
 class MeleeDataModule(L.LightningDataModule):

@@ -368,15 +368,17 @@ class MeleeDataset(torch.utils.data.Dataset):
                 out[at] = view.index_select(0, rows[at])
         return floats, ints
 
-    def get_batch(self, indices: ArrayLike, swap: Tensor | None = None) -> Batch:
+    def get_batch(self, indices: ArrayLike, swap: Tensor | None = None, counted: Tensor | None = None) -> Batch:
         """The `Batch` of the given window indices (B,), built on the dataset's device. swap: (B,) bool, the
-        windows to see from the other port (`swap_players_where`), or None for none."""
+        windows to see from the other port (`swap_players_where`), or None for none; counted: (B,) bool, False
+        for the windows losses and metrics leave out (`Batch.counted`), or None when all count."""
         floats, ints = self.gather(indices)
         if swap is not None:
             floats, ints = swap_players_where(floats, ints, self.layout, swap)
         batch = build_batch(floats, ints, self.layout, self.cfg.num_positions)
         game = self._on_device(self.window_games(indices)[1])
         batch.valid_floats, batch.valid_ints = self.game_valid_floats[game], self.game_valid_ints[game]
+        batch.counted = None if counted is None else self._on_device(counted)
         return batch
 
     def __getitem__(self, index: int) -> dict[str, Any]:

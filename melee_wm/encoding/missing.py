@@ -3,12 +3,14 @@
 `melee_wm.replay.parse` fills each field an old Slippi format lacks with a default from `FIELD_DEFAULTS` and
 names it in the game's `missing_fields`. Those columns are constant within the game, so they hold no data and
 must be masked out of its losses and metrics (README.md, "Training"). `MISSING_FIELD_COLUMNS` records, as data,
-which per-player layout fields each parsed field feeds in `melee_wm.encoding.encoder`.
+which per-player layout fields each parsed field feeds in `melee_wm.encoding.encoder`; `missing_groups` partitions
+the columns a format can lack into groups that always lack data together (the model's missing-field indicators).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -58,3 +60,39 @@ def invalid_columns(layout: Layout, missing_fields: Iterable[str]) -> tuple[Tens
             elif name not in ALL_FLAG_FIELDS:
                 raise ValueError(f"invalid_columns: {parsed!r} maps to {name!r}, which is no field of the layout")
     return float_invalid, int_invalid
+
+
+@dataclass(frozen=True)
+class MissingGroup:
+    """Layout columns that hold data or defaults together: every per-player field fed by the same set of parsed
+    fields (`sources`), for both players. float_columns / int_columns: their indices in the layout."""
+
+    sources: tuple[str, ...]
+    float_columns: tuple[int, ...]
+    int_columns: tuple[int, ...]
+
+    @property
+    def name(self) -> str:
+        """The parsed fields whose absence empties the group, e.g. `hurtbox_state` or `misc_as+state_flags`."""
+        return "+".join(self.sources)
+
+
+def missing_groups(layout: Layout) -> tuple[MissingGroup, ...]:
+    """The columns of `layout` that some replay format can lack, grouped by the parsed fields that feed them.
+
+    A column holds defaults exactly when one of its sources is missing (`invalid_columns`), so the columns of one
+    group are always valid or invalid together and any column of it tells the group's state. Grouping by the set
+    of sources, not by parsed field, keeps that exact where a column has two sources (`hitstun`: `state_flags`
+    and `misc_as`). Groups come in layout column order (floats, then ints); a parsed field whose columns the
+    layout does not hold (unselected flags) adds nothing.
+    """
+    sources: dict[str, tuple[str, ...]] = {}
+    for parsed, names in MISSING_FIELD_COLUMNS.items():
+        for name in names:
+            sources[name] = tuple(sorted((*sources.get(name, ()), parsed)))
+    groups: dict[tuple[str, ...], tuple[list[int], list[int]]] = {}  # sources -> (float, int) column indices
+    for kind, columns in enumerate((layout.float_columns, layout.int_columns)):
+        for column in columns:
+            if column.player is not None and column.field in sources:
+                groups.setdefault(sources[column.field], ([], []))[kind].append(column.index)
+    return tuple(MissingGroup(key, tuple(f), tuple(i)) for key, (f, i) in groups.items())

@@ -77,6 +77,9 @@ class FrameMetrics(torch.nn.Module):
         self.position = PositionMAE(cfg.position_scale)
         self.position_smooth = PositionMAE(cfg.position_scale)
         self.action = MaskedMean(NUM_PLAYERS)
+        # Both players pooled, as its own state: read from `action` after `compute` it would hold this rank's
+        # sums only (torchmetrics restores the local states after syncing them across DDP ranks).
+        self.action_all = MaskedMean(1)
         self.action_category = MaskedMean(len(CATEGORY_NAMES))
         self.percent = MaskedMean(1)
         self.velocity = MaskedMean(1)
@@ -108,6 +111,7 @@ class FrameMetrics(torch.nn.Module):
         stays = (act_true == act_current) & act_ok
         self.false_change.update((act_pred != act_current).reshape(-1, 1), stays.reshape(-1, 1))
         self.action.update(hit.reshape(-1, NUM_PLAYERS), act_ok.reshape(-1, NUM_PLAYERS))
+        self.action_all.update(hit.reshape(-1, 1), act_ok.reshape(-1, 1))
         in_category = torch.nn.functional.one_hot(self.categories[act_true.reshape(-1)], len(CATEGORY_NAMES)).bool()
         self.action_category.update(hit.reshape(-1, 1).expand_as(in_category), in_category & act_ok.reshape(-1, 1))
 
@@ -138,7 +142,7 @@ class FrameMetrics(torch.nn.Module):
         out["false_change/all"] = float(self.false_change.compute())
         action = self.action.compute()
         out |= {f"action_acc/p{p}": float(action[p]) for p in range(NUM_PLAYERS)}
-        out["action_acc/all"] = float(self.action.total.sum() / self.action.count.sum())
+        out["action_acc/all"] = float(self.action_all.compute())
         out |= {f"pos_mae/{k}": float(v) for k, v in self.position.compute().items()}
         out |= {f"pos_mae_smooth/{k}": float(v) for k, v in self.position_smooth.compute().items()}
         out["percent_mae"] = float(self.percent.compute())

@@ -255,7 +255,7 @@ def evaluate_rollouts(
             true_f, true_i = floats[:, context:], ints[:, context:]
             last_f, last_i = floats[:, context - 1], ints[:, context - 1]
             preds = {
-                "model": rollout(net, codec, floats, ints, context),
+                "model": rollout(net, codec, floats, ints, context, valid=valid_f, valid_ints=valid_i),
                 "persistence": persistence_rollout(floats, ints, context),
                 "constant_velocity": constant_velocity_rollout(floats, ints, context, xy),
                 "robust_constant_velocity": baseline_rollout(robust_cv, layout, floats, ints, context),

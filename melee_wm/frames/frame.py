@@ -151,9 +151,7 @@ def _previous_rows(batch: Batch, positions: slice) -> slice:
     k, p = batch.floats.shape[1], batch.num_positions
     picked = range(p)[positions]
     if picked.step != 1 or (len(picked) and k - p + picked.start < 1):
-        raise ValueError(
-            f"previous_frame: positions {positions} must be consecutive and have t >= 1 (K={k}, P={p})"
-        )
+        raise ValueError(f"previous_frame: positions {positions} must be consecutive and have t >= 1 (K={k}, P={p})")
     return slice(k - p + picked.start - 1, k - p + picked.stop - 1)
 
 

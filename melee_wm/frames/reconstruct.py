@@ -103,6 +103,8 @@ def reconstruct_frame(
     next_ctrl_t: Tensor,
     true_ints: Tensor | None = None,
     choose: ChooseIds | None = None,
+    valid: Tensor | None = None,
+    valid_ints: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """The next encoded frame from one step of predictions.
 
@@ -113,7 +115,9 @@ def reconstruct_frame(
     next_ctrl_t (B, num_ctrl): the true controller columns of frame t + 1;
     true_ints (B, num_ints): when given, frame t + 1's true int columns replace the argmax (teacher-forced
     categoricals; the state age then follows the true action);
-    choose: how categorical ids are picked from their logits (`TargetCodec.decode`; default the most likely).
+    choose: how categorical ids are picked from their logits (`TargetCodec.decode`; default the most likely);
+    valid (B, num_floats), valid_ints (B, num_ints): the game's column validity; a column its replay format
+    lacks keeps frame t's value (the format's default, all the model ever saw there). None: every column valid.
     Returns floats (B, num_floats) and ints (B, num_ints) of frame t + 1. Gradients flow through the regression
     outputs (not through thresholds, argmax or the state-age rule).
     """
@@ -132,4 +136,9 @@ def reconstruct_frame(
     next_frame = codec.decode(pred, current, prior, choose)
     if true_ints is not None:
         next_frame.categorical = {f: true_ints[..., layout.int_slice(f)] for f in layout.categorical_targets}
-    return frame_from_next(next_frame, layout, floats_t, ints_t, next_ctrl_t)
+    floats, ints = frame_from_next(next_frame, layout, floats_t, ints_t, next_ctrl_t)
+    if valid is not None:
+        floats = torch.where(valid, floats, floats_t)
+    if valid_ints is not None:
+        ints = torch.where(valid_ints, ints, ints_t)
+    return floats, ints

@@ -78,6 +78,9 @@ class ModelConfig:
     # Probability that an untrained model keeps each categorical id (action, jumps, ...) of the current frame:
     # a learnable logit added to the current id (0 disables it).
     copy_prior: float = 0.9
+    # One flag per column group a replay format can lack, embedded and added to every frame's features (both
+    # archs; melee_wm/model/missing_inputs.py): without it a format's defaults (zero velocity) look like data.
+    missing_inputs: bool = True
     # Frame-stack MLP baseline: frames seen per prediction, hidden layer widths.
     mlp_frames: int = 4
     mlp_hidden: list[int] = field(default_factory=lambda: [1024, 1024])

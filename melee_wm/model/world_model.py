@@ -2,8 +2,9 @@
 
 Position t sees frames <= t (the trunk is causal) plus the controller input of frame t+1 (added in the heads),
 and predicts frame t+1. `forward` over a window and repeated `step` over the same frames give the same
-predictions; both carry a `WorldModelState` (per-layer `Mamba2State`s and the last frame seen, whose motion
-inputs need the frame before).
+predictions; both carry a `WorldModelState` (per-layer `Mamba2State`s, the last frame seen, whose motion
+inputs need the frame before, and the window's missing-field indicators, which `forward` reads from the column
+validity it is given and every later `step` reuses).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from melee_wm.model.embedding import FrameEmbedding
 from melee_wm.model.fused import resolve_backend
 from melee_wm.model.heads import Prediction, PredictionHeads
 from melee_wm.model.mamba2 import Mamba2, Mamba2State
+from melee_wm.model.missing_inputs import MissingIndicators
 from melee_wm.model.motion import MotionFeatures
 from melee_wm.model.norm import RMSNorm
 from melee_wm.model.summary import Summarized
@@ -76,14 +78,17 @@ class ResidualBlock(nn.Module):
 @dataclass
 class WorldModelState:
     """layers: one `Mamba2State` per block; previous: (floats (B, num_floats), ints (B, num_ints)) of the last
-    frame seen, or None before the first."""
+    frame seen, or None before the first; missing: (B, groups) bool missing-field indicators of the window
+    (`MissingIndicators.flags`), None when every column is valid or the model takes no indicators."""
 
     layers: list[Mamba2State]
     previous: tuple[Tensor, Tensor] | None = None
+    missing: Tensor | None = None
 
 
 class WorldModel(Summarized, nn.Module):
-    """Frame embedding -> input projection -> n_layers residual Mamba-2 blocks -> final norm -> heads."""
+    """Frame embedding (+ motion inputs) -> input projection (+ missing-field indicators) -> n_layers residual
+    Mamba-2 blocks -> final norm -> heads."""
 
     def __init__(self, cfg: ModelConfig, layout: Layout) -> None:
         super().__init__()
@@ -91,6 +96,7 @@ class WorldModel(Summarized, nn.Module):
         self.embed = FrameEmbedding(cfg, layout)
         self.motion = MotionFeatures(layout) if cfg.motion_inputs else None
         self.in_proj = nn.Linear(self.embed.out_dim + (MotionFeatures.width if self.motion else 0), cfg.d_model)
+        self.missing = MissingIndicators(layout, cfg.d_model) if cfg.missing_inputs else None
         self.in_dropout = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(ResidualBlock(cfg) for _ in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps)
@@ -99,18 +105,25 @@ class WorldModel(Summarized, nn.Module):
     def init_state(
         self, batch: int, device: torch.device | None = None, dtype: torch.dtype | None = None
     ) -> WorldModelState:
-        """Zero recurrent state (one `Mamba2State` per layer, no previous frame): the state before the first frame."""
+        """Zero recurrent state (one `Mamba2State` per layer, no previous frame, every column valid): the state
+        before the first frame."""
         p = self.in_proj.weight
         return WorldModelState(
             [b.mixer.init_state(batch, device=device or p.device, dtype=dtype or p.dtype) for b in self.blocks]
         )
 
-    def _frame_features(self, floats: Tensor, ints: Tensor, previous: tuple[Tensor, Tensor] | None) -> Tensor:
-        """(B, L, d_model) inputs of the trunk: embedded frames and, when configured, their motion inputs."""
+    def _frame_features(
+        self, floats: Tensor, ints: Tensor, previous: tuple[Tensor, Tensor] | None, missing: Tensor | None
+    ) -> Tensor:
+        """(B, L, d_model) inputs of the trunk: embedded frames and, when configured, their motion inputs and the
+        window's missing-field indicators (missing: (B, groups) bool, or None)."""
         x = self.embed(floats, ints)
         if self.motion is not None:
             x = torch.cat([x, self.motion(floats, ints, previous).to(x.dtype)], -1)
-        return self.in_dropout(self.in_proj(x))
+        x = self.in_proj(x)
+        if missing is not None:
+            x = x + self.missing(missing)[:, None].to(x.dtype)
+        return self.in_dropout(x)
 
     def forward(
         self,
@@ -119,19 +132,24 @@ class WorldModel(Summarized, nn.Module):
         next_ctrl: Tensor,
         state: WorldModelState | None = None,
         need_state: bool = True,
+        valid: Tensor | None = None,
+        valid_ints: Tensor | None = None,
     ) -> tuple[Prediction, WorldModelState | None]:
         """floats: (B, L, num_floats); ints: (B, L, num_ints); next_ctrl: (B, L, num_ctrl), row t = the
-        controller columns of frame t+1. state: per-layer state before frame 0 (None = zeros).
-        Returns predictions of frame t+1 at every position t, and the state after the last frame (None when
-        not `need_state`, as in training, which skips computing it)."""
-        x = self._frame_features(floats, ints, None if state is None else state.previous)
+        controller columns of frame t+1. state: per-layer state before frame 0 (None = zeros). valid:
+        (B, num_floats) and valid_ints: (B, num_ints) bool, the window's column validity (True = holds data;
+        None = every column of that kind valid), read into the missing-field indicators.
+        Returns predictions of frame t+1 at every position t, and the state after the last frame, carrying the
+        indicators for `step` (None when not `need_state`, as in training, which skips computing it)."""
+        missing = None if self.missing is None else self.missing.flags(valid, valid_ints)
+        x = self._frame_features(floats, ints, None if state is None else state.previous, missing)
         states = [None] * len(self.blocks) if state is None else state.layers
         new_states = []
         for block, s in zip(self.blocks, states, strict=True):
             x, s = block(x, s, need_state)
             new_states.append(s)
         pred = self.heads(self.norm(x), next_ctrl, ints)
-        return pred, WorldModelState(new_states, (floats[:, -1], ints[:, -1])) if need_state else None
+        return pred, WorldModelState(new_states, (floats[:, -1], ints[:, -1]), missing) if need_state else None
 
     def step(
         self,
@@ -141,11 +159,13 @@ class WorldModel(Summarized, nn.Module):
         state: WorldModelState,
         inplace: bool = False,
     ) -> tuple[Prediction, WorldModelState]:
-        """One frame: floats_t (B, num_floats), ints_t (B, num_ints), next_ctrl_t (B, num_ctrl). inplace: reuse
-        `state`'s memory for the new state (inference loops that drop the old one; not under autograd)."""
-        x = self._frame_features(floats_t[:, None], ints_t[:, None], state.previous)[:, 0]
+        """One frame: floats_t (B, num_floats), ints_t (B, num_ints), next_ctrl_t (B, num_ctrl), with the
+        missing-field indicators `state` carries. inplace: reuse `state`'s memory for the new state (inference
+        loops that drop the old one; not under autograd)."""
+        x = self._frame_features(floats_t[:, None], ints_t[:, None], state.previous, state.missing)[:, 0]
         new_states = []
         for block, s in zip(self.blocks, state.layers, strict=True):
             x, s = block.step(x, s, inplace)
             new_states.append(s)
-        return self.heads(self.norm(x), next_ctrl_t, ints_t), WorldModelState(new_states, (floats_t, ints_t))
+        next_state = WorldModelState(new_states, (floats_t, ints_t), state.missing)
+        return self.heads(self.norm(x), next_ctrl_t, ints_t), next_state

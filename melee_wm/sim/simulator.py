@@ -22,6 +22,7 @@ from numpy.typing import ArrayLike
 from torch import Tensor
 
 from melee_wm.data.batch import map_tensors
+from melee_wm.data.dataset import game_validity
 from melee_wm.data.store import Store, check_config, open_store
 from melee_wm.encoding.layout import NUM_PLAYERS
 from melee_wm.eval.rollout import RecurrentRollout
@@ -99,11 +100,22 @@ class Simulator:
 
     # Starting ---------------------------------------------------------------------------------------------------
 
-    def reset(self, floats: ArrayLike, ints: ArrayLike) -> SimFrame:
+    def reset(
+        self,
+        floats: ArrayLike,
+        ints: ArrayLike,
+        valid: ArrayLike | None = None,
+        valid_ints: ArrayLike | None = None,
+    ) -> SimFrame:
         """Start every world from real context frames: floats (T, num_floats) or (N, T, num_floats) and ints
         (T, num_ints) or (N, T, num_ints), encoded as a store holds them, 2 <= T <= context_len; one window is
-        given to every world. The last frame is the current one; the next `step` predicts the frame after it."""
+        given to every world. valid (num_floats,) or (N, num_floats), valid_ints (num_ints,) or (N, num_ints):
+        which columns hold data in the worlds' games (False: a field the replay format lacks; None: every column
+        holds data), for the model's missing-field indicators. The last frame is the current one; the next `step`
+        predicts the frame after it."""
         floats_t, ints_t = self._batched(floats, "floats"), self._batched(ints, "ints")
+        masks = [None if m is None else self._batched(np.asarray(m, dtype=bool)[..., None, :], name)[:, 0]
+                 for m, name in ((valid, "valid"), (valid_ints, "valid_ints"))]  # fmt: skip
         want = (self.layout.num_floats, self.layout.num_ints)
         if (floats_t.shape[-1], ints_t.shape[-1]) != want or floats_t.shape[1] != ints_t.shape[1]:
             raise ValueError(
@@ -117,7 +129,10 @@ class Simulator:
                 "(the model's context length)"
             )
         self.net.eval()
-        self._worlds = RecurrentRollout(self.net, self.codec, floats_t.float(), ints_t)
+        for mask, width, name in zip(masks, want, ("valid", "valid_ints"), strict=True):
+            if mask is not None and mask.shape[-1] != width:
+                raise ValueError(f"Simulator.reset: {name} must have {width} columns, got {mask.shape[-1]}")
+        self._worlds = RecurrentRollout(self.net, self.codec, floats_t.float(), ints_t, *masks)
         self._done = self._finished(floats_t[:, -1])
         self._frame = 0
         return self.frame
@@ -145,7 +160,8 @@ class Simulator:
                 )
         frames_back = min([context or self.context_len, *(f + 1 for f in frames)])
         windows = [[a[f - frames_back + 1 : f + 1] for a in store.game(g)] for g, f in zip(games, frames, strict=True)]
-        return self.reset(np.stack([w[0] for w in windows]), np.stack([w[1] for w in windows]))
+        valid, valid_ints = game_validity(self.layout, [store.games[g].missing_fields for g in games])
+        return self.reset(np.stack([w[0] for w in windows]), np.stack([w[1] for w in windows]), valid, valid_ints)
 
     def open(self, store: Store | str | Path) -> Store:
         """The store, opened if given as a path, after checking it was encoded with this model's encoding."""

@@ -78,13 +78,14 @@ def self_forcing_loss(
     k, p = batch.floats.shape[1], batch.num_positions
     start = k - steps  # context index of the first fed-back frame
     floats, ints, ctrl = batch.floats, batch.ints, batch.next_ctrl
-    pred, state = net(floats[:, :start], ints[:, :start], ctrl[:, :start], need_state=True)
+    valid = {"valid": batch.valid_floats, "valid_ints": batch.valid_ints}
+    pred, state = net(floats[:, :start], ints[:, :start], ctrl[:, :start], need_state=True, **valid)
     step_pred = pred.at(-1)  # predicts frame `start`
     prev, cur_f, cur_i = (floats[:, start - 2], ints[:, start - 2]), floats[:, start - 1], ints[:, start - 1]
     preds, fed_f, fed_i, before_f, before_i = [], [], [], [], []
     for t in range(start, k):
         true_ints = None if cfg.feed_back_categorical else ints[:, t]
-        next_f, next_i = reconstruct_frame(step_pred, codec, cur_f, cur_i, prev, ctrl[:, t - 1], true_ints)
+        next_f, next_i = reconstruct_frame(step_pred, codec, cur_f, cur_i, prev, ctrl[:, t - 1], true_ints, **valid)
         if cfg.detach_feedback:
             next_f = next_f.detach()
         step_pred, state = net.step(next_f, next_i, ctrl[:, t], state)

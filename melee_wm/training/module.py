@@ -81,7 +81,14 @@ class WorldModelModule(L.LightningModule):
     ) -> LossOutput:
         """Loss of one batch; with `metrics`, also score the decoded predictions, and with `baselines` every
         baseline on exactly the same positions and masks (no gradient)."""
-        pred, _ = self.net(batch.floats, batch.ints, batch.next_ctrl, need_state=False)
+        pred, _ = self.net(
+            batch.floats,
+            batch.ints,
+            batch.next_ctrl,
+            need_state=False,
+            valid=batch.valid_floats,
+            valid_ints=batch.valid_ints,
+        )
         k, p = batch.floats.shape[1], batch.num_positions
         valid = ColumnMask.of_batch(batch, self.layout)
         pos = self.codec.positions(batch)
@@ -118,7 +125,7 @@ class WorldModelModule(L.LightningModule):
         # them once per fit, in the same pass as the model, and log those scores at every later validation.
         baselines = None if self.baseline_scores else dict(self.val_baselines)
         out = self.forward_loss(batch, self.val_metrics, baselines)
-        size = batch.floats.shape[0]
+        size = batch.num_counted  # the windows that pad a DDP rank's last batch weigh nothing
         self.log("val/loss", out.total, prog_bar=True, batch_size=size, sync_dist=True)
         self.log_dict({f"val/loss_{k}": v for k, v in out.terms.items()}, batch_size=size, sync_dist=True)
 

@@ -163,7 +163,7 @@ def train_step_share(ds: MeleeDataset, layout: Layout, batch: int, reps: int) ->
     rng = np.random.default_rng(2)
 
     def step(b: Batch) -> None:
-        pred, _ = model(b.floats, b.ints, b.next_ctrl, need_state=False)
+        pred, _ = model(b.floats, b.ints, b.next_ctrl, need_state=False, valid=b.valid_floats, valid_ints=b.valid_ints)
         loss = stand_in_loss(pred, b.targets, layout)
         opt.zero_grad(set_to_none=True)
         loss.backward()

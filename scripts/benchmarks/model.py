@@ -15,6 +15,7 @@ from torch import nn
 
 from melee_wm.data.batch import Batch, build_batch
 from melee_wm.encoding import EncodingConfig, Layout, Target
+from melee_wm.encoding.missing import MISSING_FIELD_COLUMNS, invalid_columns
 from melee_wm.model.build import build_model
 from melee_wm.model.config import load_model_config
 from melee_wm.paths import config_dir
@@ -28,7 +29,9 @@ TARGET = 0.5
 
 def synthetic_batch(layout: Layout, batch: int, seqlen: int, seed: int = 0) -> Batch:
     """A `Batch` of random windows in the layout's shapes (B, seqlen + 1 frames; targets at every position):
-    normal floats (0/1 in BINARY groups, so they are valid BCE targets), int16 ids within each vocab."""
+    normal floats (0/1 in BINARY groups, so they are valid BCE targets), int16 ids within each vocab; every
+    other window lacks every field a replay format can lack (its `valid_floats` / `valid_ints`), so the
+    missing-field indicators and masks run as on a store with old replays."""
     g = torch.Generator().manual_seed(seed)
     floats = torch.randn(batch, seqlen + 1, layout.num_floats, generator=g)
     for group in layout.target_float_groups:
@@ -37,7 +40,10 @@ def synthetic_batch(layout: Layout, batch: int, seqlen: int, seed: int = 0) -> B
             floats[..., cols] = (floats[..., cols] > 0).float()
     ints = (torch.rand(batch, seqlen + 1, layout.num_ints, generator=g) * torch.tensor(layout.int_vocabs)).long()
     b = build_batch(floats, ints.to(torch.int16), layout, num_positions=seqlen)
-    return Batch(b.floats.contiguous(), b.ints.contiguous(), b.next_ctrl.contiguous(), b.targets)
+    invalid_f, invalid_i = invalid_columns(layout, MISSING_FIELD_COLUMNS)
+    old = torch.arange(batch)[:, None] % 2 == 1
+    valid_f, valid_i = ~(old & invalid_f), ~(old & invalid_i)
+    return Batch(b.floats.contiguous(), b.ints.contiguous(), b.next_ctrl.contiguous(), b.targets, valid_f, valid_i)
 
 
 def count_linear_macs(model: nn.Module, *inputs: torch.Tensor) -> int:
@@ -90,7 +96,7 @@ def run(quick: bool) -> Iterator[dict]:
     )
 
     def train_step() -> None:
-        pred, _ = model(floats, ints, next_ctrl, need_state=False)
+        pred, _ = model(floats, ints, next_ctrl, need_state=False, valid=data.valid_floats, valid_ints=data.valid_ints)
         loss = stand_in_loss(pred, data.targets, layout)
         opt.zero_grad(set_to_none=True)
         loss.backward()

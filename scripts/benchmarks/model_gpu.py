@@ -51,11 +51,12 @@ def _train_steps(preset: str, backend: str, batch: int, steps: int, device: str 
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     data = synthetic_batch(layout, batch, CONTEXT)
     floats, ints, ctrl = (t.to(device) for t in (data.floats, data.ints, data.next_ctrl))
+    valid = {"valid": data.valid_floats.to(device), "valid_ints": data.valid_ints.to(device)}
     targets = data.targets.to(device)
 
     def step() -> None:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):  # bf16 on the GPU only
-            pred, _ = model(floats, ints, ctrl, need_state=False)
+            pred, _ = model(floats, ints, ctrl, need_state=False, **valid)
             loss = stand_in_loss(pred, targets, layout)
         opt.zero_grad(set_to_none=True)
         loss.backward()
