@@ -137,6 +137,6 @@ def test_without_missing_inputs_the_validity_changes_nothing(arch, games):
     groups = len(missing_groups(windows.layout))
     assert off.missing is None and on.num_parameters() - off.num_parameters() == groups * on.missing.embed.out_features
     with torch.no_grad():
-        a, _ = off(batch.floats, batch.ints, batch.next_ctrl, valid=batch.valid_floats, valid_ints=batch.valid_ints)
+        a, _ = off(**batch.model_inputs())
         b, _ = off(batch.floats, batch.ints, batch.next_ctrl)
     assert torch.equal(flat(a), flat(b))

@@ -82,6 +82,17 @@ class Batch(_TensorTree):
     valid_ints: Tensor | None = None  # (B, num_ints) bool
     counted: Tensor | None = None  # (B,) bool: False for a padding repeat; None when every window counts
 
+    def model_inputs(self) -> dict[str, Tensor | None]:
+        """The keyword arguments of a world model's `forward` over this batch's context (frames, next
+        controllers and the column validity its missing-field indicators read)."""
+        return {
+            "floats": self.floats,
+            "ints": self.ints,
+            "next_ctrl": self.next_ctrl,
+            "valid": self.valid_floats,
+            "valid_ints": self.valid_ints,
+        }
+
     @property
     def num_counted(self) -> int:
         """Windows that count (all B unless some pad a DDP rank's batch)."""

@@ -81,14 +81,7 @@ class WorldModelModule(L.LightningModule):
     ) -> LossOutput:
         """Loss of one batch; with `metrics`, also score the decoded predictions, and with `baselines` every
         baseline on exactly the same positions and masks (no gradient)."""
-        pred, _ = self.net(
-            batch.floats,
-            batch.ints,
-            batch.next_ctrl,
-            need_state=False,
-            valid=batch.valid_floats,
-            valid_ints=batch.valid_ints,
-        )
+        pred, _ = self.net(**batch.model_inputs(), need_state=False)
         k, p = batch.floats.shape[1], batch.num_positions
         valid = ColumnMask.of_batch(batch, self.layout)
         pos = self.codec.positions(batch)

@@ -203,14 +203,7 @@ def train_steps(ctx: Context) -> list[StepResult]:
             def step(i: int, model=model, opt=opt, losses=losses) -> None:
                 batch = windows.get_batch(picks[i % len(picks)])
                 with torch.autocast("cuda", dtype=torch.bfloat16):
-                    pred, _ = model(
-                        batch.floats,
-                        batch.ints,
-                        batch.next_ctrl,
-                        need_state=False,
-                        valid=batch.valid_floats,
-                        valid_ints=batch.valid_ints,
-                    )
+                    pred, _ = model(**batch.model_inputs(), need_state=False)
                     loss = stand_in_loss(pred, batch.targets, windows.layout)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
