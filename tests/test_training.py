@@ -20,6 +20,7 @@ from melee_wm.training.compose import compose_train_config, train_config_from_di
 from tests.helpers import overrides_for
 
 EXPERIMENTS = sorted(p.stem for p in (config_dir() / "experiment").glob("*.yaml"))
+ACTION_SPREAD = 0.003  # action accuracy moved 0.0034 between seeds 0 and 1 of the smoke run (README, the campaign)
 
 
 # The main job and an honest learning check ---------------------------------------------------------------
@@ -61,8 +62,9 @@ def most_frequent_transition_rate(store, cfg) -> float:
 @pytest.mark.slow
 def test_smoke_run_learns(smoke_run, sample_store, smoke_config):
     """The main job against the baselines scored on the same validation frames (tail split of the samples).
-    Position and change-accuracy margins are a third of what the campaign measured, so a CPU's rounding cannot
-    flip them; action accuracy beats persistence by 0.006 there."""
+    Position margins are about a third of what the campaign measured (seeds 0 and 1), so a CPU's rounding cannot
+    flip them. Action accuracy measured 0.0014 and 0.0048 above persistence at seeds 0 and 1, less than the
+    spread between seeds, so the check allows it `ACTION_SPREAD` below persistence."""
     metrics, _ = smoke_run
 
     def val(key: str, name: str = "") -> float:
@@ -77,11 +79,12 @@ def test_smoke_run_learns(smoke_run, sample_store, smoke_config):
         for key in ("pos_mae/all", "pos_mae_smooth/all", "action_acc/all", "change_acc/all", "false_change/all")
     }
     print(summary, f"most frequent transition {chance:.4f}")
-    for key in ("pos_mae/all", "pos_mae_smooth/all"):  # measured 0.88x and 0.84x robust constant velocity's
+    for key in ("pos_mae/all", "pos_mae_smooth/all"):  # measured 0.85x and 0.80x robust constant velocity's
         assert val(key) < 0.96 * val(key, "robust_constant_velocity"), summary
         assert val(key) < 0.5 * val(key, "persistence"), summary
-    assert val("action_acc/all") > val("action_acc/all", "persistence"), summary  # measured 0.920 vs 0.914
-    assert val("change_acc/all") > 1.2 * val("change_acc/all", "table") > chance, summary  # measured 1.42x
+        assert val(key) < 0.99 * val(key, "table"), summary  # measured 0.974x and 0.963x (seed 1: 0.971x, 0.960x)
+    assert val("action_acc/all") > val("action_acc/all", "persistence") - ACTION_SPREAD, summary  # 0.9158 vs 0.9144
+    assert val("change_acc/all") > 1.2 * val("change_acc/all", "table") > chance, summary  # measured 1.39x
     assert val("change_acc/all", "persistence") == 0.0 == val("false_change/all", "persistence")
 
 
