@@ -136,17 +136,19 @@ def controller_features(
 ) -> dict[str, np.ndarray]:
     """Every controller field of the layout for one player: sticks {main_x, main_y, c_x, c_y} in [-1, 1], the
     analog trigger in [0, 1], the logical button word (`BUTTON_BITS`), each (frames,). Shared by the encoder and
-    by a simulator encoding a controller it was given, so both produce the same columns."""
-    out = {**sticks, "trigger": trigger}
-    for name in cfg.buttons:
-        out[f"button_{name}"] = (buttons & BUTTON_BITS[name]) != 0
-    for name, axis, sign in STICK_THRESHOLD_FEATURES:
-        value = sticks[axis]
-        if sign == 0:
-            out[name] = np.abs(value) >= cfg.stick_hard
-        else:
-            out[name] = sign * value >= cfg.stick_deadzone
-    return out
+    by a simulator encoding a controller it was given, so both produce the same columns; a few array operations
+    whatever the number of buttons and direction features (a simulator calls it every frame)."""
+    axes = np.stack([sticks[axis] for _, axis, _ in STICK_THRESHOLD_FEATURES])  # (features, frames)
+    signs = np.array([sign for _, _, sign in STICK_THRESHOLD_FEATURES], dtype=axes.dtype)[:, None]
+    directions = np.where(signs == 0, np.abs(axes) >= cfg.stick_hard, signs * axes >= cfg.stick_deadzone)
+    bits = np.array([BUTTON_BITS[name] for name in cfg.buttons], dtype=np.int64)[:, None]
+    pressed = (buttons.astype(np.int64)[None, :] & bits) != 0  # (buttons, frames)
+    return {
+        **sticks,
+        "trigger": trigger,
+        **{f"button_{name}": row for name, row in zip(cfg.buttons, pressed, strict=True)},
+        **{name: row for (name, _, _), row in zip(STICK_THRESHOLD_FEATURES, directions, strict=True)},
+    }
 
 
 def player_float_features(raw: dict[str, np.ndarray], cfg: EncodingConfig) -> dict[str, np.ndarray]:

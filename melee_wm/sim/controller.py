@@ -14,6 +14,9 @@ from melee_wm.encoding.encoder import controller_features
 from melee_wm.encoding.layout import NUM_PLAYERS, Layout
 
 STICKS = ("main_x", "main_y", "c_x", "c_y")  # in [-1, 1]: x to the right, y up, 0 at rest
+ANALOG = (*STICKS, "trigger")  # the trigger in [0, 1]
+ANALOG_LOW = np.array([[-1.0]] * len(STICKS) + [[0.0]], dtype=np.float32)
+ANALOG_HIGH = np.ones((len(ANALOG), 1), dtype=np.float32)
 CONTROLLER_GROUP = "controller"
 
 
@@ -34,13 +37,24 @@ class Controller:
 IDLE = Controller()  # sticks at rest, nothing pressed
 
 
-def _per_world(value: ArrayLike, worlds: int, what: str, low: float, high: float) -> np.ndarray:
-    array = np.asarray(value, dtype=np.float32)
-    if array.ndim > 1 or (array.ndim == 1 and len(array) != worlds):
-        raise ValueError(f"{what}: expected one number or {worlds} (one per world), got shape {array.shape}")
-    if not np.isfinite(array).all() or (array < low).any() or (array > high).any():
-        raise ValueError(f"{what}: expected values in [{low}, {high}], got {array.min()} .. {array.max()}")
-    return np.broadcast_to(array, (worlds,))
+def _analog(controller: Controller, worlds: int, player: int) -> np.ndarray:
+    """(5, worlds) float32: the sticks and the trigger of one player's controller, checked against their ranges."""
+    values = np.empty((len(ANALOG), worlds), dtype=np.float32)
+    for k, name in enumerate(ANALOG):
+        array = np.asarray(getattr(controller, name), dtype=np.float32)
+        if array.ndim > 1 or (array.ndim == 1 and len(array) != worlds):
+            raise ValueError(
+                f"player {player} {name}: expected one number or {worlds} (one per world), got shape {array.shape}"
+            )
+        values[k] = array
+    inside = (values >= ANALOG_LOW) & (values <= ANALOG_HIGH)  # NaN fails both comparisons
+    if not inside.all():
+        k = int(np.flatnonzero(~inside.all(1))[0])
+        raise ValueError(
+            f"player {player} {ANALOG[k]}: expected values in [{ANALOG_LOW[k, 0]}, {ANALOG_HIGH[k, 0]}], got "
+            f"{values[k].min()} .. {values[k].max()}"
+        )
+    return values
 
 
 def _button_word(
@@ -65,13 +79,14 @@ def encode_controllers(layout: Layout, controllers: Sequence[Controller], worlds
     if len(controllers) != NUM_PLAYERS:
         raise ValueError(f"expected {NUM_PLAYERS} controllers (one per player, port order), got {len(controllers)}")
     columns = layout.float_slice(CONTROLLER_GROUP)
+    fields = layout.float_fields(CONTROLLER_GROUP)
     out = np.empty((worlds, columns.stop - columns.start), dtype=np.float32)
     for player, controller in enumerate(controllers):
-        sticks = {s: _per_world(getattr(controller, s), worlds, f"player {player} {s}", -1.0, 1.0) for s in STICKS}
-        trigger = _per_world(controller.trigger, worlds, f"player {player} trigger", 0.0, 1.0)
+        analog = _analog(controller, worlds, player)
         word = _button_word(controller.buttons, layout, worlds, player)
-        for name, values in controller_features(sticks, trigger, word, layout.cfg).items():
-            out[:, layout.player_float_index(player, name) - columns.start] = values
+        features = controller_features(dict(zip(STICKS, analog, strict=False)), analog[-1], word, layout.cfg)
+        first = layout.player_float_index(player, fields[0]) - columns.start  # a player's fields are contiguous
+        out[:, first : first + len(fields)] = np.stack([features[name] for name in fields], axis=1)
     return out
 
 
