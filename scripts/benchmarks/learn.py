@@ -1,5 +1,5 @@
 """How far a fixed CPU budget of training gets on the sample store, against the strongest baseline of each
-headline metric, scored on the same validation frames (the `smoke` experiment: tail split, tiny Mamba-2).
+headline metric, scored on the same validation frames (the `smoke` experiment: tail split, `small` Mamba-2).
 
 Ratios are taken so that > 1 means the model is better: strongest baseline's error / the model's for position
 MAE (all frames, and frames without a position jump), the model's accuracy / the best baseline's for action
