@@ -151,6 +151,8 @@ def test_simulator_errors(sample_store, stats):
     floats, ints = (np.array(a[:40]) for a in sample_store.game(game))
     with pytest.raises(ValueError, match=f"40 context frames; expected 2 to {CONTEXT}"):
         sim.reset(floats, ints)
+    with pytest.raises(ValueError, match=rf"valid must be \({sim.layout.num_floats},\) or \(2, "):
+        sim.reset(floats[:CONTEXT], ints[:CONTEXT], valid=np.ones(3, dtype=bool))
     sim.reset(floats[:CONTEXT], ints[:CONTEXT])
     with pytest.raises(ValueError, match=r"encoded controllers must be \(2, "):
         sim.step(np.zeros((1, 3), dtype=np.float32))

@@ -33,6 +33,7 @@ from melee_wm.sim.frame import SimFrame
 from melee_wm.training.checkpoint import load_world_model
 
 MIN_CONTEXT = 2  # frames: the residual position prior needs the frame before the current one
+MASKS = ("valid", "valid_ints")  # reset's column-validity arguments, floats then ints
 
 
 @dataclass
@@ -114,9 +115,8 @@ class Simulator:
         holds data), for the model's missing-field indicators. The last frame is the current one; the next `step`
         predicts the frame after it."""
         floats_t, ints_t = self._batched(floats, "floats"), self._batched(ints, "ints")
-        masks = [None if m is None else self._batched(np.asarray(m, dtype=bool)[..., None, :], name)[:, 0]
-                 for m, name in ((valid, "valid"), (valid_ints, "valid_ints"))]  # fmt: skip
         want = (self.layout.num_floats, self.layout.num_ints)
+        masks = [self._mask(m, name, width) for m, name, width in zip((valid, valid_ints), MASKS, want, strict=True)]
         if (floats_t.shape[-1], ints_t.shape[-1]) != want or floats_t.shape[1] != ints_t.shape[1]:
             raise ValueError(
                 f"Simulator.reset: expected floats (.., T, {want[0]}) and ints (.., T, {want[1]}) of this model's "
@@ -129,9 +129,6 @@ class Simulator:
                 "(the model's context length)"
             )
         self.net.eval()
-        for mask, width, name in zip(masks, want, ("valid", "valid_ints"), strict=True):
-            if mask is not None and mask.shape[-1] != width:
-                raise ValueError(f"Simulator.reset: {name} must have {width} columns, got {mask.shape[-1]}")
         self._worlds = RecurrentRollout(self.net, self.codec, floats_t.float(), ints_t, *masks)
         self._done = self._finished(floats_t[:, -1])
         self._frame = 0
@@ -253,6 +250,18 @@ class Simulator:
                 f"{self.batch_size} worlds, got {tuple(tensor.shape)}"
             )
         return tensor.expand(self.batch_size, -1, -1).contiguous().to(self.device)
+
+    def _mask(self, mask: ArrayLike | None, name: str, width: int) -> Tensor | None:
+        """(N, width) bool on the device from (width,) or (N, width); None stays None (every column valid)."""
+        if mask is None:
+            return None
+        tensor = torch.as_tensor(np.asarray(mask, dtype=bool))
+        tensor = tensor[None] if tensor.dim() == 1 else tensor
+        if tensor.dim() != 2 or tensor.shape[0] not in (1, self.batch_size) or tensor.shape[1] != width:
+            raise ValueError(
+                f"Simulator.reset: {name} must be ({width},) or ({self.batch_size}, {width}), got {tuple(tensor.shape)}"
+            )
+        return tensor.expand(self.batch_size, -1).to(self.device)
 
     def _per_world(self, value: int | Sequence[int], name: str) -> list[int]:
         values = [int(value)] * self.batch_size if isinstance(value, int | np.integer) else [int(v) for v in value]
