@@ -77,7 +77,14 @@ class RecurrentRollout:
         ids are picked from the logits (default the most likely)."""
         pred, self.state = self.net.step(*self.current, next_ctrl, self.state, inplace=True)
         following = reconstruct_frame(
-            pred, self.codec, *self.current, self.previous, next_ctrl, None, choose, self.valid, self.valid_ints
+            pred,
+            self.codec,
+            *self.current,
+            self.previous,
+            next_ctrl,
+            choose=choose,
+            valid=self.valid,
+            valid_ints=self.valid_ints,
         )
         self.previous, self.current = self.current, following
         return following
