@@ -98,6 +98,22 @@ def test_controllers_encode_as_the_encoder_does(replay_dir, sample_store):
     assert stored[:, layout.float_fields(CONTROLLER_GROUP).index("button_a")].any()  # buttons were pressed
 
 
+def test_controller_forms_agree():
+    """A number and a list of one value per world, held buttons named and given per world as a mapping, encode to
+    the same columns; each world's column holds its own value."""
+    layout = Layout(EncodingConfig())
+    fields = layout.float_fields(CONTROLLER_GROUP)
+    one = encode_controllers(layout, [Controller(main_x=0.5, trigger=0.25, buttons=("a", "b")), IDLE], 3)
+    per_world = Controller(main_x=[0.5] * 3, trigger=[0.25] * 3, buttons={"a": [True] * 3, "b": True, "x": False})
+    np.testing.assert_array_equal(one, encode_controllers(layout, [per_world, IDLE], 3))
+    mixed = encode_controllers(layout, [IDLE, Controller(c_y=[-1.0, 0.0, 1.0], buttons={"z": [False, True, False]})], 3)
+    player1 = mixed[:, len(fields) :]  # the group holds player 0's fields, then player 1's
+    np.testing.assert_array_equal(player1[:, fields.index("c_y")], [-1.0, 0.0, 1.0])
+    np.testing.assert_array_equal(player1[:, fields.index("c_down")], [1.0, 0.0, 0.0])
+    np.testing.assert_array_equal(player1[:, fields.index("button_z")], [0.0, 1.0, 0.0])
+    assert not mixed[:, : len(fields)].any()  # player 0 idle
+
+
 def test_controller_errors_name_the_player_and_field():
     layout = Layout(EncodingConfig())
     with pytest.raises(ValueError, match=r"player 1 main_x: expected values in \[-1.0, 1.0\]"):
@@ -108,6 +124,10 @@ def test_controller_errors_name_the_player_and_field():
         encode_controllers(layout, [Controller(buttons=("jump",)), IDLE], 1)
     with pytest.raises(ValueError, match=r"expected one number or 3 \(one per world\)"):
         encode_controllers(layout, [Controller(trigger=[0.1, 0.2]), IDLE], 3)
+    with pytest.raises(ValueError, match=r"player 1 c_x: expected one number or 3 .*got shape \(3, 1\)"):
+        encode_controllers(layout, [IDLE, Controller(c_x=np.zeros((3, 1)))], 3)
+    with pytest.raises(ValueError, match=r"player 0 button 'a': expected one flag or 3 .*got shape \(2,\)"):
+        encode_controllers(layout, [Controller(buttons={"a": [True, False]}), IDLE], 3)
     with pytest.raises(ValueError, match="expected 2 controllers"):
         encode_controllers(layout, [IDLE], 1)
 

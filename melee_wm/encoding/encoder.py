@@ -12,12 +12,19 @@ from melee_wm.encoding.layout import (
     FIELD_SCALES,
     NUM_PLAYERS,
     STAGE_FIELD,
+    STICK_FIELDS,
     STICK_THRESHOLD_FEATURES,
     VELOCITY_FIELDS,
     Layout,
+    controller_fields,
 )
 from melee_wm.replay.parse import AIRBORNE_GROUND, ParsedGame
 
+# Each direction feature of `STICK_THRESHOLD_FEATURES`: its stick axis's row in `STICK_FIELDS` order, the sign
+# of the side it tests, and whether it tests the hard threshold on either side (sign 0).
+DIRECTION_AXES = [STICK_FIELDS.index(axis) for _, axis, _ in STICK_THRESHOLD_FEATURES]
+DIRECTION_SIGNS = np.array([[sign] for _, _, sign in STICK_THRESHOLD_FEATURES], dtype=np.float32)
+DIRECTION_HARD = DIRECTION_SIGNS == 0
 MOMENT_BLOCK_BYTES = 1 << 19  # float64 values `column_moments` widens at a time (a cache-sized buffer)
 
 
@@ -131,24 +138,19 @@ def _flag(word: np.ndarray, bit: int) -> np.ndarray:
     return (word & np.uint64(1 << bit)) != 0
 
 
-def controller_features(
-    sticks: dict[str, np.ndarray], trigger: np.ndarray, buttons: np.ndarray, cfg: EncodingConfig
-) -> dict[str, np.ndarray]:
-    """Every controller field of the layout for one player: sticks {main_x, main_y, c_x, c_y} in [-1, 1], the
-    analog trigger in [0, 1], the logical button word (`BUTTON_BITS`), each (frames,). Shared by the encoder and
-    by a simulator encoding a controller it was given, so both produce the same columns; a few array operations
-    whatever the number of buttons and direction features (a simulator calls it every frame)."""
-    axes = np.stack([sticks[axis] for _, axis, _ in STICK_THRESHOLD_FEATURES])  # (features, frames)
-    signs = np.array([sign for _, _, sign in STICK_THRESHOLD_FEATURES], dtype=axes.dtype)[:, None]
-    directions = np.where(signs == 0, np.abs(axes) >= cfg.stick_hard, signs * axes >= cfg.stick_deadzone)
+def controller_flags(analog: np.ndarray, buttons: np.ndarray, cfg: EncodingConfig) -> tuple[np.ndarray, np.ndarray]:
+    """The binary controller fields, from analog (5, *shape): the sticks main_x, main_y, c_x, c_y in [-1, 1] and
+    the trigger in [0, 1] (`STICK_FIELDS` order), and the logical button words buttons (*shape) (`BUTTON_BITS`).
+    Returns pressed (len(cfg.buttons), *shape) and directions (len(STICK_THRESHOLD_FEATURES), *shape), bool, in
+    the layout's order (`controller_fields`). *shape is (frames,) for one player of a replay, or any axes, e.g.
+    (players, worlds) for a simulator encoding the controllers it was given every frame: so both produce the same
+    columns, in a few array operations whatever the number of buttons, features and players."""
+    shape, flat = buttons.shape, analog.reshape(len(STICK_FIELDS), -1)  # one row per stick field
+    axes = flat[DIRECTION_AXES]  # (features, values)
+    directions = np.where(DIRECTION_HARD, np.abs(axes) >= cfg.stick_hard, DIRECTION_SIGNS * axes >= cfg.stick_deadzone)
     bits = np.array([BUTTON_BITS[name] for name in cfg.buttons], dtype=np.int64)[:, None]
-    pressed = (buttons.astype(np.int64)[None, :] & bits) != 0  # (buttons, frames)
-    return {
-        **sticks,
-        "trigger": trigger,
-        **{f"button_{name}": row for name, row in zip(cfg.buttons, pressed, strict=True)},
-        **{name: row for (name, _, _), row in zip(STICK_THRESHOLD_FEATURES, directions, strict=True)},
-    }
+    pressed = (buttons.reshape(1, -1).astype(np.int64) & bits) != 0
+    return pressed.reshape(-1, *shape), directions.reshape(-1, *shape)
 
 
 def player_float_features(raw: dict[str, np.ndarray], cfg: EncodingConfig) -> dict[str, np.ndarray]:
@@ -170,8 +172,11 @@ def player_float_features(raw: dict[str, np.ndarray], cfg: EncodingConfig) -> di
     }
     for name in cfg.state_flags:
         out[f"flag_{name}"] = _flag(flags, STATE_FLAG_BITS[name])
-    sticks = {"main_x": raw["joystick_x"], "main_y": raw["joystick_y"], "c_x": raw["cstick_x"], "c_y": raw["cstick_y"]}
-    return out | controller_features(sticks, raw["trigger"], raw["buttons"], cfg)
+    analog = {"main_x": raw["joystick_x"], "main_y": raw["joystick_y"], "c_x": raw["cstick_x"], "c_y": raw["cstick_y"]}
+    analog["trigger"] = raw["trigger"]
+    pressed, directions = controller_flags(np.stack([analog[name] for name in STICK_FIELDS]), raw["buttons"], cfg)
+    binary_names = controller_fields(cfg)[len(STICK_FIELDS) :]
+    return out | analog | dict(zip(binary_names, [*pressed, *directions], strict=True))
 
 
 def player_int_features(raw: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -85,15 +85,19 @@ class Column:
     vocab: int | None = None
 
 
+def controller_fields(cfg: EncodingConfig) -> tuple[str, ...]:
+    """Per-player controller fields in column order: the sticks and the trigger, the buttons, the direction
+    features."""
+    return STICK_FIELDS + tuple(f"button_{b}" for b in cfg.buttons) + tuple(n for n, _, _ in STICK_THRESHOLD_FEATURES)
+
+
 class Layout:
     """Names, positions and target kinds of every float and int column for one `EncodingConfig`."""
 
     def __init__(self, cfg: EncodingConfig) -> None:
         self.cfg = cfg
         binary = BASE_BINARY_FIELDS + tuple(f"flag_{f}" for f in cfg.state_flags)
-        controller = (
-            STICK_FIELDS + tuple(f"button_{b}" for b in cfg.buttons) + tuple(n for n, _, _ in STICK_THRESHOLD_FEATURES)
-        )
+        controller = controller_fields(cfg)
         self.float_groups_fields: dict[str, tuple[tuple[str, ...], Target | None]] = {
             POSITION_GROUP: (CONTINUOUS_FIELDS, Target.DELTA),
             "velocity": (VELOCITY_FIELDS, Target.DELTA),

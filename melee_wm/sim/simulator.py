@@ -82,8 +82,9 @@ class Simulator:
         self._worlds: RecurrentRollout | None = None
         self._done = torch.zeros(batch_size, dtype=torch.bool, device=self.device)
         self._frame = 0
-        self._stocks = [self.layout.player_float_index(p, "stocks") for p in range(NUM_PLAYERS)]
-        self._stocks_scale = self.layout.float_scale("stocks")
+        stocks = [self.layout.player_float_index(p, "stocks") for p in range(NUM_PLAYERS)]
+        self._stocks = torch.tensor(stocks, device=self.device)
+        self._no_stock = 0.5 * self.layout.float_scale("stocks")  # an encoded stock count that rounds to 0
 
     @classmethod
     def from_checkpoint(
@@ -205,7 +206,7 @@ class Simulator:
     def frame(self) -> SimFrame:
         """The current frame of every world."""
         floats, ints = self._require_reset().current
-        return SimFrame(floats, ints, self._done.clone(), self._frame, self.layout)
+        return SimFrame(floats, ints, self._done, self._frame, self.layout)  # `_done` is replaced, never changed
 
     def state(self) -> SimState:
         """A copy of everything that decides the worlds' future, for `restore` (branching)."""
@@ -237,7 +238,7 @@ class Simulator:
 
     def _finished(self, floats: Tensor) -> Tensor:
         """(N,) bool: a player of the world has no stock left."""
-        return (torch.round(floats[:, self._stocks] / self._stocks_scale) <= 0).any(-1)
+        return (floats.index_select(1, self._stocks) <= self._no_stock).any(-1)
 
     def _batched(self, array: ArrayLike, name: str) -> Tensor:
         """(N, T, columns) on the device from (T, columns) or (N, T, columns)."""
