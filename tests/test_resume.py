@@ -78,6 +78,34 @@ def test_ddp_multirun_runs_the_sweep_once_with_own_directories(sample_store, tmp
 
 
 @pytest.mark.slow
+def test_plain_ddp_from_train_py_shares_one_run_folder_and_resumes(sample_store, tmp_path):
+    """`train.py trainer.strategy=ddp` re-executes train.py for rank 1 once rank 0 has claimed the run folder: the
+    worker joins that run instead of refusing its folder, for a new run and for a resume."""
+    common = [
+        "experiment=smoke",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        "trainer.strategy=ddp",
+        *overrides_for(sample_store, tmp_path),
+        "run_name=plain_ddp",
+        "debug=default",
+    ]
+    first = run_train_py(tmp_path, *common)
+    resumed = run_train_py(tmp_path, *common, "resume=true", "trainer.max_epochs=2")
+    for result in (first, resumed):
+        assert (result.stdout + result.stderr).count("GLOBAL_RANK: 1") == 1  # the worker ran, once
+        assert "already holds a run" not in result.stdout + result.stderr
+    assert [p.name for p in (tmp_path / "runs").iterdir()] == ["plain_ddp"]
+    run_dir = tmp_path / "runs" / "plain_ddp"
+    names = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    assert names == ["best.ckpt", "epoch=000.ckpt", "epoch=001.ckpt", "last.ckpt"]
+    last = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert last["epoch"] == 1 and last["global_step"] == 2 * 3  # debug=default: 3 batches an epoch
+    assert OmegaConf.load(run_dir / "config.yaml").trainer.strategy == "ddp"
+    assert json.loads((run_dir / "final_metrics.json").read_text())["val/loss"] > 0
+
+
+@pytest.mark.slow
 def test_compiled_network_trains_and_keeps_plain_state_dict_keys(sample_store, tmp_path):
     """`python train.py trainer.compile=true` compiles the inner network in place: it trains, and checkpoints
     hold no `_orig_mod.` keys. A fresh process, as a user runs it (inductor's C++ build imports setuptools,

@@ -15,6 +15,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
@@ -84,12 +85,13 @@ def check_strategy(cfg: TrainConfig, multirun: bool) -> None:
         )
 
 
-def claim_run_dir(run_dir: Path, cfg: TrainConfig) -> ResumePoint | None:
+def claim_run_dir(run_dir: Path, cfg: TrainConfig, joining: bool = False) -> ResumePoint | None:
     """Make sure no two runs write one folder. Returns where to resume (None for a new run).
 
     A folder that already holds a run is refused unless `resume` is set; a resume needs that run's own
     config (the same data, model, objective and optimizer) and continues from its newest readable checkpoint,
-    or from the first step when the run stopped before writing one.
+    or from the first step when the run stopped before writing one. joining: this process is a DDP worker that
+    `strategy=ddp` started after rank 0 claimed the folder (and wrote its config) for the same run; it joins it.
     """
     saved = run_dir / CONFIG_FILE
     if cfg.resume:
@@ -108,7 +110,7 @@ def claim_run_dir(run_dir: Path, cfg: TrainConfig) -> ResumePoint | None:
                 + format_config_diff(diff, "run", "now")
             )
         return find_resume_point(run_dir / CHECKPOINT_DIR)
-    if saved.exists() or (run_dir / CHECKPOINT_DIR).exists():
+    if not joining and (saved.exists() or (run_dir / CHECKPOINT_DIR).exists()):
         raise RunDirError(
             f"{run_dir} already holds a run; pick another run_name, or pass resume=true to continue that run"
         )
@@ -144,24 +146,29 @@ def train(cfg: DictConfig | TrainConfig | dict, extra_callbacks: list[Callback] 
     _, multirun = hydra_output_dir()
     check_strategy(config, multirun)
     run_dir = resolve_run_dir(config)
-    resume = claim_run_dir(run_dir, config)
-    for line in resume.describe() if resume else []:
+    # `strategy=ddp` re-runs the entry point (train.py) for ranks 1.. once rank 0 is inside `Trainer.fit`; they
+    # know their rank from the launcher's environment, which Lightning reads on import.
+    worker = rank_zero_only.rank > 0
+    resume = claim_run_dir(run_dir, config, joining=worker)
+    for line in resume.describe() if resume and not worker else []:
         console.print(line, soft_wrap=True)
     resume_from = resume.path if resume else None
     store = prepare_store(config, console)
 
-    run_dir.mkdir(parents=True, exist_ok=True)
     container = to_container(config)
-    (run_dir / CONFIG_FILE).write_text(OmegaConf.to_yaml(container))
     fingerprint = data_fingerprint(store)
-    (run_dir / FINGERPRINT_FILE).write_text(json.dumps(fingerprint, indent=2))
+    if not worker:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / CONFIG_FILE).write_text(OmegaConf.to_yaml(container))
+        (run_dir / FINGERPRINT_FILE).write_text(json.dumps(fingerprint, indent=2))
 
     L.seed_everything(config.seed, workers=True, verbose=False)
     datamodule = MeleeDataModule(config.data, config.encoding)
     train_windows = MeleeDataset.from_store(store, "train", config.data)
     stats = target_statistics(train_windows, config.objective.position_parameterization)
     module = WorldModelModule(container, stats.to_dict(), TableBaseline.fit(train_windows))
-    console.print(module.net.summary(), soft_wrap=True)
+    if not worker:
+        console.print(module.net.summary(), soft_wrap=True)
 
     loggers = build_loggers(config, run_dir, container, fingerprint, module.net.num_parameters(), console)
     callbacks = build_callbacks(config, run_dir / CHECKPOINT_DIR, has_logger=bool(loggers))
