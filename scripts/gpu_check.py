@@ -7,11 +7,12 @@
 `--bundle` writes what the CUDA machine lacks (pure-Python wheels, mamba-ssm's source, the sample store; at most
 40 MiB: `gpu_checks/bundle.py`). `--from-bundle` installs it offline into DIR/site and runs the steps of
 `gpu_checks/steps.py`, each in its own subprocess with a time limit, within `--budget` seconds in all: imports,
-the store, CUDA, the `gpu` tests (one verdict each), bf16 training steps of mamba2_base and mamba2_large with
-both backends on the device-resident loader, a short Lightning training of the smoke experiment, a rollout on
-CUDA against the CPU, and mamba2_base as configured. Each step ran and held, ran and failed, or could not run
-(with why); the JSON report (also written to `--report`, after every step) ends the output. Exit 0 only when
-every step that could run held; 1 when one failed; 2 without CUDA (the steps before it still run).
+the store, CUDA, the `gpu` tests (one verdict each), bf16 training steps of mamba2_base and mamba2_large with both
+backends on the device-resident loader, a short Lightning training of the smoke experiment, a rollout on CUDA
+against the CPU, the simulator's speed and `melee-wm play` on CUDA, and mamba2_base as configured. Each step ran
+and held, ran and failed, or could not run (with why); the JSON report (also written to `--report`, after every
+step) ends the output. Exit 0 only when every step that could run held; 1 when one failed; 2 without CUDA (the
+steps before it still run).
 """
 
 from __future__ import annotations

@@ -7,13 +7,25 @@ import sys
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import torch
 
 from melee_wm.data.batch import map_tensors
+from melee_wm.data.config import DataConfig
+from melee_wm.data.dataset import MeleeDataset
+from melee_wm.encoding import EncodingConfig, Layout
+from melee_wm.frames.targets import TargetCodec, TargetStats, target_statistics
+from melee_wm.model.build import build_model
+from melee_wm.model.config import load_model_config
+from melee_wm.paths import config_dir
+from melee_wm.sim import Simulator
+from melee_wm.sim.controller import CONTROLLER_GROUP
 from melee_wm.training import train
 from melee_wm.training.compose import compose_train_config
 
 REPO = Path(__file__).resolve().parents[1]
+SIM_CONTEXT = 16  # context frames of the simulator tests' models
+LONG_GAME_FRAMES = 5000  # the sample games this long have room for every simulator test's start
 
 
 def quiet_trainer(**kwargs) -> L.Trainer:
@@ -70,3 +82,38 @@ def run_train_py(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     return result
+
+
+# The simulator -------------------------------------------------------------------------------------------------
+
+
+def store_target_stats(store) -> TargetStats:
+    """Target statistics of a whole store, so an untrained model's outputs land on game-like values."""
+    data = DataConfig(store=str(store.path), context_len=SIM_CONTEXT)
+    return target_statistics(MeleeDataset.from_store(store, "all", data, store.config), "delta")
+
+
+def random_simulator(
+    stats: TargetStats, batch_size: int, gain: float = 0.1, device: str = "cpu", **kwargs
+) -> Simulator:
+    """A simulator of an untrained `small` model whose output layer is random with scale `gain` times the default
+    initialisation (0.1: outputs near the statistics' centres, worlds that respond to their inputs; 50:
+    adversarial outputs far outside anything a game shows); the same weights on every device."""
+    torch.manual_seed(0)
+    layout = Layout(EncodingConfig())
+    net = build_model(load_model_config(config_dir() / "model" / "small.yaml"), layout, SIM_CONTEXT)
+    with torch.no_grad():
+        net.heads.out.weight.mul_(gain)
+        net.heads.out.bias.normal_(0.0, gain)
+    codec = TargetCodec(layout, stats, "delta")
+    return Simulator(net.to(device), codec.to(device), SIM_CONTEXT, batch_size, **kwargs)
+
+
+def long_games(store) -> list[int]:
+    return [g for g in range(store.num_games) if store.games[g].length > LONG_GAME_FRAMES]
+
+
+def replay_controls(store, game: int, start: int, frames: int, layout: Layout) -> np.ndarray:
+    """(frames, width) the game's own encoded controllers of frames start+1 .. start+frames."""
+    floats, _ = store.game(game)
+    return np.array(floats[start + 1 : start + frames + 1, layout.float_slice(CONTROLLER_GROUP)])

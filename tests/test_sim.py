@@ -10,26 +10,19 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from helpers import quick_run
 
 from melee_wm.cli import main
 from melee_wm.data.config import DataConfig
-from melee_wm.data.dataset import MeleeDataset
 from melee_wm.encoding import EncodingConfig, Layout
 from melee_wm.encoding.config import BUTTON_BITS
 from melee_wm.eval.rollout import rollout
 from melee_wm.eval.rollout_eval import draw_starts, rollout_windows
-from melee_wm.frames.targets import TargetCodec, TargetStats, target_statistics
+from melee_wm.frames.targets import TargetStats
 from melee_wm.game.names import action_name
-from melee_wm.model.build import build_model
-from melee_wm.model.config import load_model_config
-from melee_wm.paths import config_dir
 from melee_wm.replay.parse import parse_replay
 from melee_wm.sim import IDLE, Controller, Simulator
 from melee_wm.sim.controller import CONTROLLER_GROUP, STICKS, encode_controllers
-
-CONTEXT = 16
-LONG_GAME_FRAMES = 5000  # the sample games this long have room for every start below
+from tests.helpers import SIM_CONTEXT, long_games, quick_run, random_simulator, replay_controls, store_target_stats
 
 
 @pytest.fixture(scope="module")
@@ -41,32 +34,7 @@ def checkpoint(sample_store, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def stats(sample_store) -> TargetStats:
-    """Target statistics of the whole sample store, so an untrained model's outputs land on game-like values."""
-    data = DataConfig(store=str(sample_store.path), context_len=CONTEXT)
-    return target_statistics(MeleeDataset.from_store(sample_store, "all", data, sample_store.config), "delta")
-
-
-def random_simulator(stats: TargetStats, batch_size: int, gain: float = 0.1, **kwargs) -> Simulator:
-    """A simulator of an untrained `small` model whose output layer is random with scale `gain` times the default
-    initialisation (0.1: outputs near the statistics' centres, worlds that respond to their inputs; 50:
-    adversarial outputs far outside anything a game shows)."""
-    torch.manual_seed(0)
-    layout = Layout(EncodingConfig())
-    net = build_model(load_model_config(config_dir() / "model" / "small.yaml"), layout, CONTEXT)
-    with torch.no_grad():
-        net.heads.out.weight.mul_(gain)
-        net.heads.out.bias.normal_(0.0, gain)
-    return Simulator(net, TargetCodec(layout, stats, "delta"), CONTEXT, batch_size, **kwargs)
-
-
-def long_games(store) -> list[int]:
-    return [g for g in range(store.num_games) if store.games[g].length > LONG_GAME_FRAMES]
-
-
-def replay_controls(store, game: int, start: int, frames: int, layout: Layout) -> np.ndarray:
-    """(frames, width) the game's own encoded controllers of frames start+1 .. start+frames."""
-    floats, _ = store.game(game)
-    return np.array(floats[start + 1 : start + frames + 1, layout.float_slice(CONTROLLER_GROUP)])
+    return store_target_stats(sample_store)
 
 
 # Controllers ---------------------------------------------------------------------------------------------------
@@ -169,11 +137,11 @@ def test_simulator_errors(sample_store, stats):
     with pytest.raises(ValueError, match=r"game needs one value or 2 \(one per world\), got 3"):
         sim.reset_from_store(sample_store, [game] * 3, 100)
     floats, ints = (np.array(a[:40]) for a in sample_store.game(game))
-    with pytest.raises(ValueError, match=f"40 context frames; expected 2 to {CONTEXT}"):
+    with pytest.raises(ValueError, match=f"40 context frames; expected 2 to {SIM_CONTEXT}"):
         sim.reset(floats, ints)
     with pytest.raises(ValueError, match=rf"valid must be \({sim.layout.num_floats},\) or \(2, "):
-        sim.reset(floats[:CONTEXT], ints[:CONTEXT], valid=np.ones(3, dtype=bool))
-    sim.reset(floats[:CONTEXT], ints[:CONTEXT])
+        sim.reset(floats[:SIM_CONTEXT], ints[:SIM_CONTEXT], valid=np.ones(3, dtype=bool))
+    sim.reset(floats[:SIM_CONTEXT], ints[:SIM_CONTEXT])
     with pytest.raises(ValueError, match=r"encoded controllers must be \(2, "):
         sim.step(np.zeros((1, 3), dtype=np.float32))
 

@@ -76,31 +76,36 @@ def time_steps(net, codec: TargetCodec, device: torch.device, worlds: int, round
     return alternating_medians(calls, rounds)
 
 
-def run(quick: bool) -> Iterator[dict]:
+def measure(preset: str, device: torch.device, worlds: int, rounds: int) -> dict[str, float]:
+    """Steps/s of the bare loop and of the simulator (named and encoded controllers) and their ratios, for one
+    model preset (random weights) on `device` with `worlds` worlds."""
     layout = Layout(EncodingConfig())
+    torch.manual_seed(0)
+    net = build_model(load_model_config(config_dir() / "model" / f"{preset}.yaml"), layout, CONTEXT).to(device).eval()
+    codec = TargetCodec(layout, TargetStats.from_dict(unit_stats(layout)), "delta").to(device)
+    t = time_steps(net, codec, device, worlds, rounds)
+    return {
+        "bare_steps_per_s": STEPS / t["bare"],
+        "sim_steps_per_s": STEPS / t["sim"],
+        "sim_encoded_steps_per_s": STEPS / t["sim_encoded"],
+        "world_frames_per_s": worlds * STEPS / t["sim"],
+        "ratio": t["bare"] / t["sim"],
+        "ratio_encoded": t["bare"] / t["sim_encoded"],
+    }
+
+
+def run(quick: bool) -> Iterator[dict]:
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     rounds = 2 if quick else 30  # many short alternating calls: the machine is shared and noisy
     yield record("setup", presets=PRESETS, worlds=WORLDS, steps_per_call=STEPS, threads=torch.get_num_threads())
     ratio = None
     for device in devices:
         for preset in PRESETS[:1] if quick else PRESETS:
-            torch.manual_seed(0)
-            net = build_model(load_model_config(config_dir() / "model" / f"{preset}.yaml"), layout, CONTEXT)
-            net = net.to(device).eval()
-            codec = TargetCodec(layout, TargetStats.from_dict(unit_stats(layout)), "delta").to(device)
             for worlds in WORLDS:
-                t = time_steps(net, codec, device, worlds, rounds)
-                yield record(
-                    f"{device.type}_{preset}_worlds{worlds}",
-                    bare_steps_per_s=STEPS / t["bare"],
-                    sim_steps_per_s=STEPS / t["sim"],
-                    sim_encoded_steps_per_s=STEPS / t["sim_encoded"],
-                    world_frames_per_s=worlds * STEPS / t["sim"],
-                    ratio=t["bare"] / t["sim"],
-                    ratio_encoded=t["bare"] / t["sim_encoded"],
-                )
+                figures = measure(preset, device, worlds, rounds)
+                yield record(f"{device.type}_{preset}_worlds{worlds}", **figures)
                 if device.type == "cpu" and preset == SUMMARY_PRESET and worlds == SUMMARY_WORLDS:
-                    ratio = t["bare"] / t["sim"]
+                    ratio = figures["ratio"]
     yield summary(
         ratio=ratio,
         target=TARGET,

@@ -50,6 +50,7 @@ BASE_OVERRIDES = (
     "trainer.enable_progress_bar=false",
     "run_name=gpu_check_mamba2_base",
 )
+SIM_ROUNDS, PLAY_FRAMES = 10, 60
 ROLLOUT_REL_TOL = 0.05  # CUDA against CPU rollout error of the same checkpoint (fp32; argmax ties may differ)
 
 
@@ -290,6 +291,44 @@ def rollout(ctx: Context) -> dict[str, Any]:
     return {"pos_mae": summaries}
 
 
+def sim(ctx: Context) -> list[StepResult]:
+    """The simulator on CUDA: `bench.py sim`'s measure there (steps/s of `Simulator.step` with named controllers
+    against the bare recurrent step, `small` and `mamba2_base`, 1 and 256 worlds; figures, the target's verdict
+    is the CPU benchmark's), and `melee-wm play --device cuda` of the smoke run's checkpoint writing its files."""
+    _need_cuda()
+    import torch
+    from benchmarks.sim import PRESETS, TARGET, WORLDS, measure
+
+    results = []
+    for preset in PRESETS:
+        for worlds in WORLDS:
+            start = time.perf_counter()
+            figures = {k: round(v, 3) for k, v in measure(preset, torch.device("cuda"), worlds, SIM_ROUNDS).items()}
+            figures["reaches_cpu_target"] = figures["ratio"] >= TARGET
+            seconds = round(time.perf_counter() - start, 2)
+            results.append(StepResult(f"sim_speed:{preset}/worlds{worlds}", HELD, seconds=seconds, figures=figures))
+    checkpoint = ctx.work / "runs" / SMOKE_RUN / "checkpoints" / "last.ckpt"
+    if not checkpoint.is_file():
+        results.append(StepResult("sim_play", COULD_NOT_RUN, f"no checkpoint {checkpoint}: train_smoke left none"))
+        return results
+    out = ctx.work / "play" / "play.gif"
+    args = ["play", str(checkpoint), "--store", str(ctx.store), "--frames", str(PLAY_FRAMES), "--device", "cuda"]
+    start = time.perf_counter()
+    done = _run([sys.executable, "-m", "melee_wm.cli", *args, "--out", str(out)], 10_000)
+    seconds = round(time.perf_counter() - start, 2)
+    written = [out, out.with_name("play_trajectories.png"), out.with_name("play_frames.json")]
+    missing = [p.name for p in written if not p.is_file()]
+    if done.returncode or missing:
+        why = f"melee-wm play exited {done.returncode}, missing {missing}:\n{_tail(done)}"
+        results.append(StepResult("sim_play", FAILED, why, seconds))
+    else:
+        frames = len(json.loads(written[2].read_text())["frames"])
+        status = HELD if frames == PLAY_FRAMES + 1 else FAILED  # the start and every simulated frame
+        why = "" if status == HELD else f"{frames} frames in {written[2].name}, expected {PLAY_FRAMES + 1}"
+        results.append(StepResult("sim_play", status, why, seconds, {"frames": frames}))
+    return results
+
+
 def train_mamba2_base(ctx: Context) -> dict[str, Any]:
     """experiment=mamba2_base as configured (backend auto, device-resident store, batch 512) for 30 batches;
     the backend it chose is in the figures (`backend_log`)."""
@@ -305,6 +344,7 @@ STEPS: dict[str, tuple[Callable[[Context], Any], int]] = {
     "train_steps": (train_steps, 180),
     "train_smoke": (train_smoke, 150),
     "rollout": (rollout, 120),
+    "sim": (sim, 60),
     "train_mamba2_base": (train_mamba2_base, 150),
 }
 CUDA_STEP = "cuda"
