@@ -14,12 +14,13 @@ from melee_wm.data.batch import map_tensors
 from melee_wm.data.config import DataConfig
 from melee_wm.data.dataset import MeleeDataset
 from melee_wm.encoding import EncodingConfig, Layout
+from melee_wm.encoding.layout import NUM_PLAYERS
 from melee_wm.frames.targets import TargetCodec, TargetStats, target_statistics
 from melee_wm.model.build import build_model
 from melee_wm.model.config import load_model_config
 from melee_wm.paths import config_dir
-from melee_wm.sim import Simulator
-from melee_wm.sim.controller import CONTROLLER_GROUP
+from melee_wm.sim import Controller, Simulator
+from melee_wm.sim.controller import CONTROLLER_GROUP, STICKS
 from melee_wm.training import train
 from melee_wm.training.compose import compose_train_config
 
@@ -117,3 +118,23 @@ def replay_controls(store, game: int, start: int, frames: int, layout: Layout) -
     """(frames, width) the game's own encoded controllers of frames start+1 .. start+frames."""
     floats, _ = store.game(game)
     return np.array(floats[start + 1 : start + frames + 1, layout.float_slice(CONTROLLER_GROUP)])
+
+
+def step_checking_invariants(sim: Simulator, frames: int = 60, seed: int = 0) -> dict[int, torch.Tensor]:
+    """Step every world of `sim` `frames` times with seeded random sticks, asserting each frame that percent stays
+    >= 0, stocks never rise nor go below 0, and a world whose game ended keeps its final frame. Returns the
+    worlds that ended: world -> its final floats."""
+    rng = np.random.default_rng(seed)
+    previous = sim.frame
+    ended_at: dict[int, torch.Tensor] = {}
+    for _ in range(frames):
+        sticks = [{s: rng.uniform(-1, 1, sim.batch_size) for s in STICKS} for _ in range(NUM_PLAYERS)]
+        frame = sim.step([Controller(**player) for player in sticks])
+        assert (frame.percent >= 0).all()
+        assert (frame.stocks <= previous.stocks).all() and (frame.stocks >= 0).all()
+        for world, floats in ended_at.items():
+            assert frame.done[world] and torch.equal(frame.floats[world], floats)
+        for world in torch.nonzero(frame.done).flatten().tolist():
+            ended_at.setdefault(world, frame.floats[world].clone())
+        previous = frame
+    return ended_at

@@ -22,7 +22,15 @@ from melee_wm.game.names import action_name
 from melee_wm.replay.parse import parse_replay
 from melee_wm.sim import IDLE, Controller, Simulator
 from melee_wm.sim.controller import CONTROLLER_GROUP, STICKS, encode_controllers
-from tests.helpers import SIM_CONTEXT, long_games, quick_run, random_simulator, replay_controls, store_target_stats
+from tests.helpers import (
+    SIM_CONTEXT,
+    long_games,
+    quick_run,
+    random_simulator,
+    replay_controls,
+    step_checking_invariants,
+    store_target_stats,
+)
 
 
 @pytest.fixture(scope="module")
@@ -228,19 +236,7 @@ def test_invariants_hold_on_an_adversarial_model(sample_store, stats):
     sim = random_simulator(stats, 16, gain=50.0)
     games = long_games(sample_store)
     sim.reset_from_store(sample_store, [games[i % len(games)] for i in range(16)], list(range(1000, 5000, 250)))
-    rng = np.random.default_rng(0)
-    previous = sim.frame
-    ended_at: dict[int, torch.Tensor] = {}
-    for _ in range(60):
-        controllers = [Controller(**{s: rng.uniform(-1, 1, 16) for s in STICKS}) for _ in range(2)]
-        frame = sim.step(controllers)
-        assert (frame.percent >= 0).all()
-        assert (frame.stocks <= previous.stocks).all() and (frame.stocks >= 0).all()
-        for world, floats in ended_at.items():
-            assert frame.done[world] and torch.equal(frame.floats[world], floats)
-        for world in torch.nonzero(frame.done).flatten().tolist():
-            ended_at.setdefault(world, frame.floats[world].clone())
-        previous = frame
+    ended_at = step_checking_invariants(sim)
     assert ended_at, "no world's game ended: the finished-game rule was not exercised"
     assert (sim.frame.percent == 0).any()  # the model pushed percent down and the clamp held it
 

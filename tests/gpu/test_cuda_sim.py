@@ -15,8 +15,7 @@ import torch
 
 from melee_wm.data.store import open_store
 from melee_wm.sim import IDLE, Controller
-from melee_wm.sim.controller import STICKS
-from tests.helpers import long_games, random_simulator, replay_controls, store_target_stats
+from tests.helpers import long_games, random_simulator, replay_controls, step_checking_invariants, store_target_stats
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 STORE_ENV = "MELEE_WM_TEST_STORE"
@@ -93,16 +92,5 @@ def test_a_finished_game_stays_finished_on_cuda(store, stats):
     sim = random_simulator(stats, 16, gain=50.0, device="cuda")
     games = long_games(store)
     sim.reset_from_store(store, [games[i % len(games)] for i in range(16)], list(range(1000, 5000, 250)))
-    rng = np.random.default_rng(0)
-    previous = sim.frame
-    ended_at: dict[int, torch.Tensor] = {}
-    for _ in range(60):
-        frame = sim.step([Controller(**{s: rng.uniform(-1, 1, 16) for s in STICKS}) for _ in range(2)])
-        assert (frame.percent >= 0).all()
-        assert (frame.stocks <= previous.stocks).all() and (frame.stocks >= 0).all()
-        for world, floats in ended_at.items():
-            assert frame.done[world] and torch.equal(frame.floats[world], floats)
-        for world in torch.nonzero(frame.done).flatten().tolist():
-            ended_at.setdefault(world, frame.floats[world].clone())
-        previous = frame
+    ended_at = step_checking_invariants(sim)
     assert ended_at, "no world's game ended: the finished-game rule was not exercised"
